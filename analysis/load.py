@@ -1,0 +1,168 @@
+"""Open a run folder: metadata, readable segments, and DuckDB views on the aligned clock.
+
+Views (one per table in :mod:`tbdprof.schema`, plus ``host`` and ``rank`` from
+the hive path): ``spans``, ``samples``, ``memory``. Their timestamps are
+already mapped onto rank 0's clock using each rank's start/end offset
+estimates (linear drift), so ranks and hosts can be compared directly.
+Unreadable segments (truncated, not Parquet, wrong or future schema) are left
+out and listed in ``Run.problems``; they never fail the whole run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+
+from tbdprof import clock, schema, store
+
+TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",)}
+
+
+class RunError(ValueError):
+    """The folder is not a readable run."""
+
+
+@dataclass
+class Run:
+    path: Path
+    meta: dict
+    ranks: dict[int, dict]  # rank -> rank.json
+    files: dict[str, list[str]]  # table -> readable segment paths
+    problems: list[str] = field(default_factory=list)
+    con: duckdb.DuckDBPyConnection | None = None
+
+    @property
+    def world_size(self) -> int:
+        sizes = [m.get("world_size", 0) for m in self.ranks.values()] + [self.meta.get("world_size", 0)]
+        return max([len(self.ranks), *[s for s in sizes if isinstance(s, int)]])
+
+    @property
+    def warmup_steps(self) -> int:
+        vals = [m.get("warmup_steps") for m in self.ranks.values() if isinstance(m.get("warmup_steps"), int)]
+        return max(vals) if vals else 0
+
+    def sql(self, query: str, params: list | None = None) -> list[tuple]:
+        return self.con.execute(query, params or []).fetchall()
+
+    def has(self, table: str) -> bool:
+        return bool(self.files.get(table))
+
+
+def _check_segment(path: Path, table: str) -> str | None:
+    """None when the segment is readable and of a schema we understand, else why not."""
+    try:
+        md = pq.read_schema(path)
+    except Exception as e:  # noqa: BLE001 - truncated, empty, not Parquet
+        return f"{path.name}: unreadable ({e.__class__.__name__})"
+    meta = md.metadata or {}
+    version = meta.get(schema.META_SCHEMA_VERSION)
+    if version is not None:
+        try:
+            if int(version) > schema.SCHEMA_VERSION:
+                return f"{path.name}: schema version {int(version)} is newer than this tbdprof ({schema.SCHEMA_VERSION})"
+        except ValueError:
+            return f"{path.name}: bad schema version {version!r}"
+    missing = [f.name for f in schema.TABLES[table] if f.name not in md.names]
+    if missing:
+        return f"{path.name}: missing columns {', '.join(missing)}"
+    return None
+
+
+def open_run(path: str | Path) -> Run:
+    """Load a run folder. Raises :class:`RunError` when nothing in it is readable."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: no such folder")
+    if not store.is_run_dir(path):
+        raise RunError(f"{path}: not a tbdprof run (no {schema.RUN_FILE} and no host=*/rank=* folders)")
+    problems: list[str] = []
+    meta: dict = {}
+    if (path / schema.RUN_FILE).is_file():
+        try:
+            meta = store.read_json(path / schema.RUN_FILE)
+        except (OSError, ValueError) as e:
+            problems.append(f"{schema.RUN_FILE}: unreadable ({e.__class__.__name__})")
+    ranks: dict[int, dict] = {}
+    files: dict[str, list[str]] = {t: [] for t in schema.TABLES}
+    for rdir in sorted(path.glob("host=*/rank=*")):
+        try:
+            rank = int(rdir.name.split("=", 1)[1])
+        except ValueError:
+            problems.append(f"{rdir.relative_to(path)}: not a rank folder")
+            continue
+        rmeta: dict = {"rank": rank, "host": rdir.parent.name.split("=", 1)[1]}
+        try:
+            rmeta.update(store.read_json(rdir / schema.RANK_FILE))
+        except FileNotFoundError:
+            problems.append(f"rank {rank}: no {schema.RANK_FILE}")
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            problems.append(f"rank {rank}: {schema.RANK_FILE} unreadable ({e.__class__.__name__})")
+        ranks[rank] = rmeta
+        for table in schema.TABLES:
+            for seg in sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}")):
+                why = _check_segment(seg, table)
+                if why:
+                    problems.append(f"rank {rank}: {why}")
+                else:
+                    files[table].append(str(seg))
+    if not ranks:
+        raise RunError(f"{path}: no rank folders with data")
+    run = Run(path, meta, ranks, files, problems)
+    run.con = _connect(run)
+    return run
+
+
+def _clock_params(run: Run) -> list[tuple[int, float, float, float]]:
+    """(rank, offset at t0, drift per ns, t0) for each rank."""
+    rows = []
+    for rank, m in run.ranks.items():
+        c = m.get("clock") or {}
+        start, end = c.get("start"), c.get("end")
+        if not start and not end:
+            rows.append((rank, 0.0, 0.0, 0.0))
+            continue
+        t0 = float((start or end)["at_ns"])
+        a = clock.offset_at(start, end, int(t0))
+        b = 0.0
+        if start and end and end["at_ns"] != start["at_ns"]:
+            b = (end["offset_ns"] - start["offset_ns"]) / (end["at_ns"] - start["at_ns"])
+        rows.append((rank, a, b, t0))
+    return rows
+
+
+def _connect(run: Run) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    con.execute("CREATE TABLE clock(rank BIGINT, a DOUBLE, b DOUBLE, t0 DOUBLE)")
+    con.executemany("INSERT INTO clock VALUES (?, ?, ?, ?)", _clock_params(run))
+    for table, cols in TIME_COLUMNS.items():
+        paths = run.files[table]
+        if not paths:
+            fields = ", ".join(f"NULL::{_duck_type(f)} AS {f.name}" for f in schema.TABLES[table])
+            con.execute(f"CREATE VIEW {table} AS SELECT {fields}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false")
+            continue
+        plist = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+        shifted = ", ".join(
+            f"CAST(t.{c} + c.a + c.b * (t.{c} - c.t0) AS BIGINT) AS {c}" for c in cols
+        )
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT t.* REPLACE ({shifted}) FROM "
+            f"read_parquet({plist}, hive_partitioning=true, union_by_name=true) t "
+            f"JOIN clock c ON c.rank = t.rank"
+        )
+    return con
+
+
+def _duck_type(f) -> str:
+    import pyarrow as pa
+
+    t = f.type
+    if pa.types.is_dictionary(t) or pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    return "BIGINT"

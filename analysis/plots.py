@@ -1,0 +1,69 @@
+"""Figures for the HTML report, drawn with matplotlib into inline SVG strings.
+
+Plotting is kept apart from computing: every function takes plain data that
+the analysis modules returned.
+"""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
+
+_MB = 1024 * 1024
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str, scale: float = 1.0) -> str | None:
+    """One line per key of ``series`` ((x, y) points); None when there is nothing to draw."""
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    for label, pts in sorted(series.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, [y / scale for y in ys], label=label, linewidth=1.2)
+    ax.set_title(title, loc="left")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    if len(series) <= 12:
+        ax.legend(fontsize=7, frameon=False, ncol=min(4, len(series)))
+    return _svg(fig)
+
+
+def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str, scale: float = 1.0) -> str | None:
+    """One stacked bar per key of ``rows`` (bar label -> {segment: value})."""
+    if not rows:
+        return None
+    segments: list[str] = []
+    for parts in rows.values():
+        segments += [s for s in parts if s not in segments]
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.45 * max(2, len(rows))))
+    labels = list(rows)
+    left = [0.0] * len(labels)
+    cmap = plt.get_cmap("tab10")
+    for i, seg in enumerate(segments):
+        vals = [rows[label].get(seg, 0.0) / scale for label in labels]
+        ax.barh(labels, vals, left=left, label=seg, color=cmap(i % 10))
+        left = [a + b for a, b in zip(left, vals)]
+    ax.invert_yaxis()
+    ax.set_title(title, loc="left")
+    ax.set_xlabel(ylabel)
+    ax.legend(fontsize=7, frameon=False, ncol=min(6, len(segments)), loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    return _svg(fig)
+
+
+MB = _MB

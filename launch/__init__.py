@@ -1,0 +1,1 @@
+"""Launchers: start workloads (or any command) as ranks, locally or across hosts."""

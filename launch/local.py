@@ -1,0 +1,114 @@
+"""The embedded local launcher: N ranks of a workload on this machine, no cluster needed.
+
+It sets the same variables torchrun does (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR/PORT...), plus TBDPROF_RUN_DIR so every rank writes into one run
+folder. If one rank fails, the others are stopped (SIGTERM, then SIGKILL): no
+half-finished ranks are left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tbdprof import clock, store
+
+TERM_GRACE_S = 15.0
+
+
+class LaunchError(ValueError):
+    """Bad launch input: one line on stderr, exit code 2."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def new_run_dir(out: str | os.PathLike, run_id: str | None, prefix: str) -> Path:
+    """A fresh run folder under ``out``; refuses an existing non-empty one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LaunchError(f"--out {out}: exists and is not a folder")
+    run_id = run_id or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = out / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise LaunchError(f"run folder {run_dir} already exists: pick another --run-id")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LaunchError(f"cannot create {run_dir}: {e.strerror}") from None
+    return run_dir
+
+
+def default_threads(nproc: int) -> str:
+    """OMP threads per rank so that N ranks do not oversubscribe the cores."""
+    return str(max(1, (os.cpu_count() or 1) // nproc))
+
+
+def rank_env(base: dict, rank: int, nproc: int, port: int, run_dir: Path) -> dict:
+    env = dict(base)
+    env.update(
+        RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        TBDPROF_RUN_DIR=str(run_dir), TBDPROF_RUN_ID=run_dir.name, TBDPROF_LAUNCHER="local",
+    )
+    env.setdefault("OMP_NUM_THREADS", default_threads(nproc))
+    return env
+
+
+def stop_all(procs: list[subprocess.Popen], grace_s: float = TERM_GRACE_S) -> None:
+    """SIGTERM the ranks still running, then SIGKILL what is left after ``grace_s``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def wait_all(procs: list[subprocess.Popen]) -> list[int]:
+    """Wait for every rank; the first failure stops the rest. Returns exit codes."""
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c is not None for c in codes):
+                return codes
+            if any(c not in (None, 0) for c in codes):
+                stop_all(procs)
+                return [p.returncode for p in procs]
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        stop_all(procs)
+        return [p.returncode for p in procs]
+
+
+def run_local(command: list[str], nproc: int, run_dir: Path, meta: dict) -> int:
+    """Start ``command`` as ``nproc`` ranks writing into ``run_dir``; returns the exit code."""
+    if nproc < 1:
+        raise LaunchError(f"--nproc must be at least 1 (got {nproc})")
+    port = free_port()
+    store.update_run_json(
+        run_dir, run_id=run_dir.name, launcher="local", world_size=nproc, hosts=[socket.gethostname()],
+        command=command, argv=sys.argv, status="running", started_ns=clock.now_ns(), **meta,
+    )
+    procs = [subprocess.Popen(command, env=rank_env(os.environ, r, nproc, port, run_dir)) for r in range(nproc)]
+    codes = wait_all(procs)
+    failed = [c for c in codes if c]
+    store.update_run_json(
+        run_dir, status="failed" if failed else "complete", exit_codes=codes, ended_ns=clock.now_ns()
+    )
+    if not failed:
+        return 0
+    # Bad input (exit 2) is reported as such; signals come back negative.
+    return 2 if all(c == 2 for c in failed) else (failed[0] if failed[0] > 0 else 128 - failed[0])

@@ -1,0 +1,142 @@
+"""The TBD memory breakdown of a training step: weights, gradients, optimizer
+state, activations (feature maps saved for backward) and the rest.
+
+Activations are counted with ``torch.autograd.graph.saved_tensors_hooks``
+while the model's forward runs: every tensor autograd saves for backward is
+seen once, its storage counted once, parameters excluded (they are weights).
+This works on CPU and CUDA alike. ``total`` is the process RSS on CPU and the
+caching allocator's allocated bytes on CUDA; ``other`` is what the four
+categories do not explain (allocator slack, DDP buckets, the interpreter...).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import clock
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer):
+    for state in optimizer.state.values():
+        for v in state.values():
+            if torch.is_tensor(v):
+                yield v
+
+
+class MemoryTracker:
+    """Counts the breakdown for one model and optimizer; one row per step."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, rss_reader):
+        self.model = model
+        self.optimizer = optimizer
+        self._rss = rss_reader
+        params = [p for p in model.parameters()]
+        self.params = params
+        self.weights = sum(_nbytes(p) for p in params)
+        self._param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+        self.device = params[0].device if params else torch.device("cpu")
+        self._seen: set[int] = set()
+        self.activations = 0
+        self._fwd_total = 0
+        self._hooks_ctx = None
+        self._grads: int | None = None
+        self._opt_state: int | None = None
+        self._handles = [
+            model.register_forward_pre_hook(self._fwd_pre),
+            model.register_forward_hook(self._fwd_post),
+        ]
+        if optimizer is not None:
+            # Gradients are measured as the optimizer starts (a loop may zero them
+            # right after), optimizer state as it ends (it is created lazily).
+            self._handles += [
+                optimizer.register_step_pre_hook(self._opt_pre),
+                optimizer.register_step_post_hook(self._opt_post),
+            ]
+
+    # --- forward: count what autograd saves --------------------------------
+
+    def _pack(self, t: torch.Tensor):
+        try:
+            ptr = t.untyped_storage().data_ptr()
+        except (RuntimeError, NotImplementedError):
+            return t
+        if ptr and ptr not in self._seen and ptr not in self._param_ptrs:
+            self._seen.add(ptr)
+            self.activations += t.untyped_storage().nbytes()
+        return t
+
+    @staticmethod
+    def _unpack(t):
+        return t
+
+    def _fwd_pre(self, module, args):
+        if self._hooks_ctx is None and torch.is_grad_enabled():
+            self._seen.clear()
+            self.activations = 0
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            self._hooks_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+            self._hooks_ctx.__enter__()
+
+    def _fwd_post(self, module, args, output):
+        if self._hooks_ctx is not None:
+            self._hooks_ctx.__exit__(None, None, None)
+            self._hooks_ctx = None
+            self._seen.clear()
+            self._fwd_total = self._total()
+
+    def _total(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_allocated(self.device))
+        return int(self._rss())
+
+    def _peak(self, end_total: int) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return max(self._fwd_total, end_total)
+
+    def _grad_bytes(self) -> int:
+        return sum(_nbytes(p.grad) for p in self.params if p.grad is not None)
+
+    def _opt_pre(self, optimizer, args, kwargs):
+        self._grads = self._grad_bytes()
+
+    def _opt_post(self, optimizer, args, kwargs):
+        self._opt_state = sum(_nbytes(t) for t in _state_tensors(optimizer))
+
+    # --- at the end of a step -----------------------------------------------
+
+    def row(self, step: int) -> tuple:
+        """The memory table row for ``step`` (schema column order)."""
+        grads = self._grads if self._grads is not None else self._grad_bytes()
+        if self._opt_state is not None:
+            opt = self._opt_state
+        else:
+            opt = sum(_nbytes(t) for t in _state_tensors(self.optimizer)) if self.optimizer else 0
+        self._grads = None
+        end_total = self._total()
+        total = self._fwd_total or end_total
+        known = self.weights + grads + opt + self.activations
+        return (
+            step,
+            clock.now_ns(),
+            str(self.device),
+            self.weights,
+            grads,
+            opt,
+            self.activations,
+            max(0, total - known),
+            total,
+            self._peak(end_total),
+        )
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        if self._hooks_ctx is not None:
+            self._hooks_ctx.__exit__(None, None, None)
+            self._hooks_ctx = None

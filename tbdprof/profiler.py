@@ -1,0 +1,392 @@
+"""The Profiler: the public recorder for any training script.
+
+```python
+prof = tbdprof.Profiler(out="runs")
+with prof:
+    prof.watch(model, optimizer)            # memory breakdown (+ DDP comm spans)
+    for batch in prof.loader(loader):       # data wait, step boundaries, samples
+        with prof.phase("forward"): loss = criterion(model(batch[0]), batch[1])
+        with prof.phase("backward"): loss.backward()
+        with prof.phase("optimizer"): optimizer.step()
+```
+
+The training thread only appends tuples to deques; a sampling thread reads
+the system counters and a writer thread turns the buffers into Parquet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from . import clock, envinfo, ranks, schema, store
+from .sampling import SamplingThread
+from .samplers import Sampler, default_samplers
+from .writer import Buffers, SegmentWriter
+
+log = logging.getLogger("tbdprof")
+_NULL = contextlib.nullcontext()
+
+
+class RunDirError(ValueError):
+    """The output folder cannot be used for this rank."""
+
+
+def _ensure_log_handler() -> None:
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(h)
+        log.setLevel(logging.WARNING)
+        log.propagate = False
+
+
+def _batch_items(batch: Any) -> int | None:
+    """Samples in a batch: the leading dimension of its first tensor-like leaf."""
+    obj = batch
+    for _ in range(4):
+        shape = getattr(obj, "shape", None)
+        if shape is not None:
+            return int(shape[0]) if len(shape) else None
+        if isinstance(obj, dict) and obj:
+            obj = next(iter(obj.values()))
+        elif isinstance(obj, (list, tuple)) and obj:
+            obj = obj[0]
+        else:
+            return None
+    return None
+
+
+def _dist():
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dist = torch.distributed
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+class _Phase:
+    """A reusable context manager timing one phase; cheap on the hot path."""
+
+    __slots__ = ("prof", "name", "kind", "start")
+
+    def __init__(self, prof: "Profiler", name: str, kind: str):
+        self.prof, self.name, self.kind = prof, name, kind
+
+    def __enter__(self):
+        self.start = clock.now_ns()
+        return self
+
+    def __exit__(self, *exc):
+        self.prof._spans.append((self.prof.step_index, self.name, self.kind, self.start, clock.now_ns(), None, None))
+        return False
+
+
+class Profiler:
+    """Records one rank's spans, samples and memory into ``<out>/<run_id>/host=H/rank=R/``.
+
+    Parameters
+    ----------
+    out:
+        Folder holding runs. Ignored when ``TBDPROF_RUN_DIR`` is set (the
+        tbdprof launchers set it so all ranks share one run folder).
+    run_id:
+        Name of the run folder. Default: ``TBDPROF_RUN_ID``, else agreed over
+        the process group (rank 0's choice), else a timestamp.
+    sample_hz:
+        System sampling rate (default 10 Hz).
+    flush_s:
+        Seconds between Parquet segments: the most a killed rank can lose.
+    warmup_steps:
+        Steps the analysis leaves out of steady-state figures (recorded anyway).
+    enabled:
+        ``False`` makes every call a no-op (for unprofiled baselines).
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike = "runs",
+        run_id: str | None = None,
+        sample_hz: float = 10.0,
+        flush_s: float = 5.0,
+        warmup_steps: int = 2,
+        enabled: bool = True,
+        samplers: list[Sampler] | None = None,
+        metadata: dict[str, Any] | None = None,
+        clock_sync: bool = True,
+    ):
+        if sample_hz <= 0:
+            raise ValueError("sample_hz must be positive")
+        if flush_s <= 0:
+            raise ValueError("flush_s must be positive")
+        self.out = Path(out)
+        self.run_id = run_id
+        self.sample_hz = sample_hz
+        self.flush_s = flush_s
+        self.warmup_steps = warmup_steps
+        self.enabled = enabled
+        self.metadata = dict(metadata or {})
+        self.clock_sync = clock_sync
+        self.info = ranks.detect()
+        self.step_index = -1
+        self.run_dir: Path | None = None
+        self.rank_dir: Path | None = None
+        self._samplers = samplers
+        self._buffers = Buffers()
+        self._spans = self._buffers.tables[schema.SPANS]
+        self._memory = self._buffers.tables[schema.MEMORY]
+        self._step_start: int | None = None
+        self._step_items: int | None = None
+        self._trackers: list = []
+        self._pending = None
+        self._sampler: SamplingThread | None = None
+        self._writer: SegmentWriter | None = None
+        self._started = False
+        self._closed = False
+        self._meta: dict[str, Any] = {}
+        self._rss_proc = None
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def __enter__(self) -> "Profiler":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close(status="failed" if exc_type else "complete")
+        return False
+
+    def _resolve_run_dir(self) -> Path:
+        env_dir = os.environ.get("TBDPROF_RUN_DIR")
+        if env_dir:
+            return Path(env_dir)
+        run_id = self.run_id or os.environ.get("TBDPROF_RUN_ID")
+        if not run_id:
+            run_id = time.strftime("%Y%m%d-%H%M%S") + f"-{store.safe_host(socket.gethostname())}-{os.getpid()}"
+            dist = _dist()
+            if dist is not None and dist.get_world_size() > 1:
+                box = [run_id]
+                dist.broadcast_object_list(box, src=0)
+                run_id = box[0]
+        return self.out / run_id
+
+    def start(self) -> "Profiler":
+        """Create the rank folder, write rank.json, start the sampler and writer threads."""
+        if self._started or not self.enabled:
+            return self
+        _ensure_log_handler()
+        self.run_dir = self._resolve_run_dir()
+        self.run_id = self.run_dir.name
+        self.rank_dir = store.rank_dir(self.run_dir, self.info.host, self.info.rank)
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RunDirError(f"output path {self.run_dir} exists and is not a folder")
+        if (self.rank_dir / schema.RANK_FILE).exists():
+            raise RunDirError(
+                f"{self.rank_dir} already holds a recording of rank {self.info.rank}: "
+                "use a new run id or another output folder"
+            )
+        self.rank_dir.mkdir(parents=True, exist_ok=True)
+        start_ns = clock.now_ns()
+        self._meta = {
+            "schema_version": schema.SCHEMA_VERSION,
+            "run_id": self.run_id,
+            **self.info.to_dict(),
+            "status": "running",
+            "start_ns": start_ns,
+            "sample_hz": self.sample_hz,
+            "flush_s": self.flush_s,
+            "warmup_steps": self.warmup_steps,
+            "env": envinfo.capture(),
+            "metadata": self.metadata,
+            "clock": {},
+        }
+        if self.info.rank == 0:
+            store.update_run_json(
+                self.run_dir, run_id=self.run_id, world_size=self.info.world_size, launcher=self.info.launcher
+            )
+        self._write_rank_json()
+        schemas = {t: schema.table_schema(t, self.run_id, self.info.rank, self.info.host) for t in schema.TABLES}
+        self._writer = SegmentWriter(self.rank_dir, self._buffers, schemas, self.flush_s, [self._resolve_pending])
+        self._writer.start()
+        samplers = self._samplers if self._samplers is not None else default_samplers(self.info.local_rank)
+        self._sampler = SamplingThread(samplers, self._buffers.tables[schema.SAMPLES], self.sample_hz)
+        self._sampler.start()
+        self._started = True
+        if self.clock_sync:
+            self.sync_clocks("start")
+        return self
+
+    def sync_clocks(self, when: str) -> None:
+        """Estimate this rank's clock offset to rank 0 (collective over the process group)."""
+        dist = _dist()
+        if dist is None or dist.get_world_size() < 2:
+            if self.info.world_size == 1:
+                self._meta["clock"][when] = clock.ClockEstimate(0, 0, clock.now_ns(), 0).to_dict()
+            return
+        try:
+            group = None if dist.get_backend() == "gloo" else self._gloo_group(dist)
+            est = clock.estimate_offset(group, timeout_s=30.0 if when == "start" else 10.0)
+            self._meta["clock"][when] = est.to_dict()
+        except Exception as e:  # noqa: BLE001 - a peer gone at the end must not fail training
+            log.warning("tbdprof: clock sync at %s failed on rank %d (%s)", when, self.info.rank, e)
+        self._write_rank_json()
+
+    def _gloo_group(self, dist):
+        if not hasattr(self, "_gloo"):
+            self._gloo = dist.new_group(backend="gloo")
+        return self._gloo
+
+    def close(self, status: str = "complete") -> None:
+        """End the open step, sync clocks, flush everything and mark the rank's status."""
+        if not self._started or self._closed:
+            return
+        self._closed = True
+        if self._step_start is not None:
+            self._end_step()
+        if self.clock_sync:
+            self.sync_clocks("end")
+        for t in self._trackers:
+            t.remove()
+        self._sampler.stop()
+        self._resolve_pending(force=True)
+        self._writer.stop()
+        self._meta.update(
+            status=status,
+            end_ns=clock.now_ns(),
+            steps=self.step_index + 1,
+            rows_written=self._writer.rows_written,
+            rows_dropped=self._writer.rows_dropped,
+            writer_error=self._writer.failed,
+            samplers_active=[s.name for s in self._sampler.active],
+            samplers_disabled=self._sampler.disabled,
+            sampler_cpu_s=self._sampler.cpu_s,
+            sampler_ticks=self._sampler.ticks,
+        )
+        self._write_rank_json()
+
+    def _write_rank_json(self) -> None:
+        try:
+            store.write_json_atomic(self.rank_dir / schema.RANK_FILE, self._meta)
+        except OSError as e:
+            log.warning("tbdprof: cannot write %s (%s)", self.rank_dir / schema.RANK_FILE, e)
+
+    def _resolve_pending(self, force: bool = False) -> None:
+        if self._pending is not None:
+            self._pending.resolve(force=force)
+
+    # --- hot path -------------------------------------------------------------
+
+    def phase(self, name: str) -> _Phase:
+        """Time a phase of the current step: ``with prof.phase("forward"): ...``."""
+        return _Phase(self, name, schema.KIND_PHASE) if self.enabled else _NULL
+
+    def mark(self, name: str, start_ns: int, end_ns: int, nbytes: int | None = None) -> None:
+        """Record a span timed elsewhere (timestamps from :func:`tbdprof.clock.now_ns`)."""
+        self._spans.append((self.step_index, name, schema.KIND_MARK, start_ns, end_ns, nbytes, None))
+
+    def _record_span(self, step, name, kind, start, end, nbytes, items) -> None:
+        self._spans.append((step, name, kind, start, end, nbytes, items))
+
+    def begin_step(self, items: int | None = None) -> int:
+        """Close the open step (if any) and open the next one; returns its index."""
+        if not self.enabled:
+            self.step_index += 1
+            return self.step_index
+        now = clock.now_ns()
+        if self._step_start is not None:
+            self._end_step(now)
+        self.step_index += 1
+        self._step_start = now
+        self._step_items = items
+        return self.step_index
+
+    def end_step(self, items: int | None = None) -> None:
+        """Close the open step, with the number of samples it processed."""
+        if not self.enabled:
+            return
+        if items is not None:
+            self._step_items = items
+        if self._step_start is not None:
+            self._end_step()
+
+    def _end_step(self, now: int | None = None) -> None:
+        end = clock.now_ns() if now is None else now
+        self._spans.append((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None, self._step_items))
+        self._step_start = None
+        for t in self._trackers:
+            self._memory.append(t.row(self.step_index))
+
+    def step(self, items: int | None = None) -> "_StepContext":
+        """``with prof.step(items=batch_size): ...`` times one whole step."""
+        return _StepContext(self, items)
+
+    def loader(self, iterable: Iterable) -> Iterator:
+        """Wrap a data loader: each fetch opens a new step and is timed as ``data_wait``.
+
+        The step closes when the next fetch starts (or the loop ends), so the
+        step covers data wait plus everything the loop body does.
+        """
+        if not self.enabled:
+            yield from iterable
+            return
+        it = iter(iterable)
+        while True:
+            start = clock.now_ns()
+            if self._step_start is not None:
+                self._end_step(start)
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            end = clock.now_ns()
+            self.step_index += 1
+            self._step_start = start
+            self._step_items = _batch_items(batch)
+            self._spans.append((self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None))
+            yield batch
+
+    # --- model hooks ----------------------------------------------------------
+
+    def watch(self, model, optimizer=None) -> None:
+        """Record the memory breakdown of ``model`` and ``optimizer`` every step and, when
+        ``model`` is DistributedDataParallel, its gradient allreduce buckets as comm spans."""
+        if not self.enabled:
+            return
+        from .memory import MemoryTracker
+
+        inner = getattr(model, "module", model)
+        self._trackers.append(MemoryTracker(inner, optimizer, self._rss))
+        if hasattr(model, "register_comm_hook") and _dist() is not None:
+            from .comm import CudaPending, make_allreduce_hook
+
+            self._pending = CudaPending(self._record_span)
+            try:
+                model.register_comm_hook(None, make_allreduce_hook(self._record_span, lambda: self.step_index, self._pending))
+            except (RuntimeError, ValueError) as e:  # e.g. a hook is already registered
+                log.warning("tbdprof: no communication spans (%s)", e)
+
+    def _rss(self) -> int:
+        if self._rss_proc is None:
+            import psutil
+
+            self._rss_proc = psutil.Process()
+        return self._rss_proc.memory_info().rss
+
+
+class _StepContext:
+    __slots__ = ("prof", "items")
+
+    def __init__(self, prof: Profiler, items: int | None):
+        self.prof, self.items = prof, items
+
+    def __enter__(self) -> int:
+        return self.prof.begin_step(self.items)
+
+    def __exit__(self, *exc) -> bool:
+        self.prof.end_step()
+        return False

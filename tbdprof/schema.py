@@ -1,0 +1,176 @@
+"""The single source of truth for the tbdprof store: tables, columns, kinds, metrics, units.
+
+Every table is written as Parquet segments under
+``<run_dir>/host=<host>/rank=<rank>/<table>-<seq>.parquet``; ``host`` and
+``rank`` come from the path (hive partitioning), not from columns. Timestamps
+are integer nanoseconds since the Unix epoch on the recording host's clock;
+the per-rank offset to rank 0 lives in ``rank.json`` and analysis applies it.
+
+docs/schema.md documents the same tables for people; ``tests/unit/test_schema``
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+# --- tables -----------------------------------------------------------------
+
+SPANS = "spans"
+SAMPLES = "samples"
+MEMORY = "memory"
+
+_DICT_STR = pa.dictionary(pa.int32(), pa.string())
+
+TABLES: dict[str, pa.Schema] = {
+    # One row per timed interval on a rank: a whole step, a phase inside it,
+    # a communication bucket, a user mark.
+    SPANS: pa.schema(
+        [
+            pa.field("step", pa.int64(), nullable=False),  # -1 outside any step
+            pa.field("name", _DICT_STR, nullable=False),  # phase or op name
+            pa.field("kind", _DICT_STR, nullable=False),  # one of SPAN_KINDS
+            pa.field("start_ns", pa.int64(), nullable=False),
+            pa.field("end_ns", pa.int64(), nullable=False),
+            pa.field("bytes", pa.int64()),  # payload (comm buckets), else null
+            pa.field("items", pa.int64()),  # samples in the step (kind=step), else null
+        ]
+    ),
+    # Long format: one row per (timestamp, metric, device) reading.
+    SAMPLES: pa.schema(
+        [
+            pa.field("ts_ns", pa.int64(), nullable=False),
+            pa.field("metric", _DICT_STR, nullable=False),  # a key of METRICS
+            pa.field("device", _DICT_STR, nullable=False),  # core, NIC, disk, GPU index or ""
+            pa.field("value", pa.float64(), nullable=False),  # in METRICS[metric].unit
+        ]
+    ),
+    # One row per recorded step: the TBD memory breakdown, in bytes.
+    MEMORY: pa.schema(
+        [
+            pa.field("step", pa.int64(), nullable=False),
+            pa.field("ts_ns", pa.int64(), nullable=False),
+            pa.field("device", _DICT_STR, nullable=False),  # "cpu" or "cuda:N"
+            pa.field("weights", pa.int64(), nullable=False),
+            pa.field("gradients", pa.int64(), nullable=False),
+            pa.field("optimizer_state", pa.int64(), nullable=False),
+            pa.field("activations", pa.int64(), nullable=False),  # saved for backward
+            pa.field("other", pa.int64(), nullable=False),  # total - the four above
+            pa.field("total", pa.int64(), nullable=False),  # RSS (cpu) or allocated (cuda)
+            pa.field("peak", pa.int64(), nullable=False),  # highest total seen in the step
+        ]
+    ),
+}
+
+# --- span kinds and standard phases -------------------------------------------
+
+KIND_STEP = "step"
+KIND_PHASE = "phase"
+KIND_COMM = "comm"
+KIND_MARK = "mark"
+SPAN_KINDS = (KIND_STEP, KIND_PHASE, KIND_COMM, KIND_MARK)
+
+PHASE_DATA = "data_wait"
+PHASE_H2D = "h2d"
+PHASE_FORWARD = "forward"
+PHASE_BACKWARD = "backward"
+PHASE_OPTIMIZER = "optimizer"
+PHASE_COMM = "comm"
+STANDARD_PHASES = (
+    PHASE_DATA,
+    PHASE_H2D,
+    PHASE_FORWARD,
+    PHASE_BACKWARD,
+    PHASE_OPTIMIZER,
+    PHASE_COMM,
+)
+COMM_ALLREDUCE = "allreduce"
+
+MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "other")
+
+
+# --- metrics ------------------------------------------------------------------
+
+
+class Metric:
+    """A sampled metric: its unit, whether it is a monotonic counter, and its scope."""
+
+    __slots__ = ("name", "unit", "counter", "scope", "help")
+
+    def __init__(self, name: str, unit: str, counter: bool, scope: str, help: str):
+        self.name, self.unit, self.counter, self.scope, self.help = name, unit, counter, scope, help
+
+
+def _m(name: str, unit: str, scope: str, help: str, counter: bool = False) -> Metric:
+    return Metric(name, unit, counter, scope, help)
+
+
+# scope "process": every rank records it; "host": only local rank 0 records it;
+# "device": per accelerator, recorded by the rank that owns it.
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        _m("cpu.process_pct", "percent", "process", "CPU of the rank and its children, 100 = one core"),
+        _m("cpu.process_threads", "count", "process", "threads in the rank's process"),
+        _m("cpu.system_pct", "percent", "host", "host CPU busy, 100 = all cores"),
+        _m("cpu.core_pct", "percent", "host", "one core busy (device = core index)"),
+        _m("cpu.iowait_pct", "percent", "host", "host CPU time in iowait"),
+        _m("cpu.runnable", "count", "host", "runnable threads on the host (procs_running)"),
+        _m("mem.rss_bytes", "bytes", "process", "resident memory of the rank and its children"),
+        _m("mem.used_bytes", "bytes", "host", "host memory in use"),
+        _m("mem.available_bytes", "bytes", "host", "host memory available"),
+        _m("mem.swap_used_bytes", "bytes", "host", "swap in use"),
+        _m("net.bytes_sent", "bytes", "host", "bytes sent on an interface (device = NIC)", True),
+        _m("net.bytes_recv", "bytes", "host", "bytes received on an interface", True),
+        _m("net.packets_sent", "count", "host", "packets sent on an interface", True),
+        _m("net.packets_recv", "count", "host", "packets received on an interface", True),
+        _m("disk.read_bytes", "bytes", "host", "bytes read from a disk (device = disk)", True),
+        _m("disk.write_bytes", "bytes", "host", "bytes written to a disk", True),
+        _m("io.read_bytes", "bytes", "process", "storage bytes read by the rank and its children", True),
+        _m("io.write_bytes", "bytes", "process", "storage bytes written by the rank and its children", True),
+        _m("io.read_chars", "bytes", "process", "bytes read through read syscalls (page cache included)", True),
+        _m("io.write_chars", "bytes", "process", "bytes written through write syscalls", True),
+        _m("gpu.util_pct", "percent", "device", "NVML GPU utilization: a kernel ran in the window"),
+        _m("gpu.mem_util_pct", "percent", "device", "NVML memory-controller utilization"),
+        _m("gpu.mem_used_bytes", "bytes", "device", "device memory in use (all processes)"),
+        _m("gpu.mem_total_bytes", "bytes", "device", "device memory size"),
+        _m("gpu.power_w", "watts", "device", "board power draw"),
+        _m("gpu.energy_j", "joules", "device", "energy since driver load", True),
+        _m("gpu.temp_c", "celsius", "device", "GPU temperature"),
+        _m("gpu.sm_clock_mhz", "MHz", "device", "SM clock"),
+        _m("gpu.mem_clock_mhz", "MHz", "device", "memory clock"),
+        _m("gpu.pcie_tx_bytes_s", "bytes/s", "device", "PCIe transmit throughput"),
+        _m("gpu.pcie_rx_bytes_s", "bytes/s", "device", "PCIe receive throughput"),
+        _m("torch.allocated_bytes", "bytes", "device", "caching allocator: allocated"),
+        _m("torch.reserved_bytes", "bytes", "device", "caching allocator: reserved"),
+        _m("recorder.sampler_cpu_s", "seconds", "process", "CPU time spent by the sampler thread", True),
+        _m("recorder.dropped", "count", "process", "records dropped by the recorder", True),
+    )
+}
+
+# --- file metadata and layout -----------------------------------------------------
+
+RUN_FILE = "run.json"  # run-level metadata, one per run
+RANK_FILE = "rank.json"  # per-rank metadata: env capture, clock offsets, status
+SEGMENT_SUFFIX = ".parquet"
+
+META_SCHEMA_VERSION = b"tbdprof.schema_version"
+META_TABLE = b"tbdprof.table"
+META_RUN_ID = b"tbdprof.run_id"
+META_RANK = b"tbdprof.rank"
+META_HOST = b"tbdprof.host"
+
+
+def table_schema(table: str, run_id: str, rank: int, host: str) -> pa.Schema:
+    """The Arrow schema of ``table`` with the self-describing footer metadata."""
+    return TABLES[table].with_metadata(
+        {
+            META_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(),
+            META_TABLE: table.encode(),
+            META_RUN_ID: run_id.encode(),
+            META_RANK: str(rank).encode(),
+            META_HOST: host.encode(),
+        }
+    )

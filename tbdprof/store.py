@@ -1,0 +1,75 @@
+"""The on-disk layout of a run, shared by the recorder, the launchers and analysis.
+
+```
+<run_dir>/run.json                                  run-level metadata
+<run_dir>/host=<host>/rank=<rank>/rank.json         per-rank metadata
+<run_dir>/host=<host>/rank=<rank>/<table>-<seq>.parquet
+```
+Pure Python: importing it pulls in neither torch nor pyarrow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from . import schema
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_host(host: str) -> str:
+    """A host name usable as a hive partition value (no '/', '=', spaces)."""
+    return _UNSAFE.sub("_", host) or "unknown"
+
+
+def rank_dir(run_dir: str | os.PathLike, host: str, rank: int) -> Path:
+    return Path(run_dir) / f"host={safe_host(host)}" / f"rank={int(rank)}"
+
+
+def segment_name(table: str, seq: int) -> str:
+    return f"{table}-{seq:06d}{schema.SEGMENT_SUFFIX}"
+
+
+def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def update_run_json(run_dir: str | os.PathLike, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``run.json`` (created when missing) and return the result."""
+    path = Path(run_dir) / schema.RUN_FILE
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            data = read_json(path)
+        except (OSError, ValueError):
+            data = {}
+    data.update(fields)
+    data.setdefault("schema_version", schema.SCHEMA_VERSION)
+    write_json_atomic(path, data)
+    return data
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` looks like a run: a run.json or at least one rank folder."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    return (p / schema.RUN_FILE).is_file() or any(p.glob("host=*/rank=*"))

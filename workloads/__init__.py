@@ -1,0 +1,1 @@
+"""Reference training workloads (the TBD suite), profiled through tbdprof's public API."""

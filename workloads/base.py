@@ -1,0 +1,68 @@
+"""The small interface every reference workload implements.
+
+A workload is a model, a deterministic on-disk dataset with its CPU-side
+preprocessing, and (optionally) its own training step. The runner
+(:mod:`tbdprof.workloads.train`) owns distribution, the loader and profiling,
+so a workload does not change between engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One size of a workload: model arguments, data set size and defaults."""
+
+    model: dict[str, Any]
+    batch_size: int
+    samples: int  # data set size written to disk
+    lr: float = 0.1
+    num_workers: int = 1
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+class Workload:
+    """Subclass and register with :func:`tbdprof.workloads.registry.register`."""
+
+    name = "workload"
+    domain = "unknown"
+    unit = "samples"  # what throughput counts
+    presets: dict[str, Preset] = {}
+    reference_params: dict[str, int] = {}  # preset -> parameter count of the reference model
+    reference_source = ""  # where that figure comes from
+
+    def build_model(self, preset: Preset) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def write_dataset(self, root: Path, preset: Preset, seed: int) -> None:
+        """Generate the synthetic data set deterministically into ``root``."""
+        raise NotImplementedError
+
+    def dataset(self, root: Path, preset: Preset, train: bool = True) -> torch.utils.data.Dataset:
+        raise NotImplementedError
+
+    collate_fn: Callable | None = None
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """Forward pass and loss for one (device-resident) batch."""
+        raise NotImplementedError
+
+    def optimizer(self, model: torch.nn.Module, preset: Preset) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9, weight_decay=1e-4)
+
+    def batch_items(self, batch: Any) -> int:
+        """Samples in a batch (the throughput unit)."""
+        first = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return int(first.shape[0])
+
+    def param_count(self, preset_name: str) -> int:
+        """Parameters of a preset's model, built on the meta device (no memory, no init)."""
+        with torch.device("meta"):
+            model = self.build_model(self.presets[preset_name])
+        return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,243 @@
+"""The training runner: one rank of a reference workload, profiled by tbdprof.
+
+Run by a launcher (tbdprof's local launcher, torchrun, mpirun, srun...) as
+``python -m tbdprof.workloads.train WORKLOAD [options]``; rank and world come
+from the launcher's environment. The run folder comes from
+``TBDPROF_RUN_DIR`` (set by tbdprof's launchers) or ``--out``/``--run-id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad input: reported as one line on stderr with exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tbdprof.workloads.train", description=__doc__.splitlines()[0])
+    add_training_args(p)
+    p.add_argument("--out", default="runs", help="folder for runs (when TBDPROF_RUN_DIR is not set)")
+    p.add_argument("--run-id", default=None, help="run folder name")
+    return p
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The options shared by the runner and ``tbdprof run``."""
+    p.add_argument("workload", help="registered workload name (see `tbdprof workloads`)")
+    p.add_argument("--preset", default="tiny", help="model/data size: tiny, small or full")
+    p.add_argument("--steps", type=int, default=20, help="training steps to run (default 20)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (default: the preset's)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of steady-state figures")
+    p.add_argument("--sample-hz", type=float, default=10.0, help="system sampling rate")
+    p.add_argument("--flush-s", type=float, default=5.0, help="seconds between Parquet segments")
+    p.add_argument("--num-workers", type=int, default=None, help="data-loader worker processes")
+    p.add_argument("--data", default=None, help="a prepared data set folder (default: generated and cached)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    from .engines import ENGINES
+
+    p.add_argument("--engine", default="ddp", choices=sorted(ENGINES), help="distributed engine (default ddp)")
+    p.add_argument("--no-profile", action="store_true", help="run the same loop without the profiler (baseline)")
+
+
+def runner_argv(args) -> list[str]:
+    """The runner's command-line arguments for parsed training ``args`` (for launchers)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_training_args(probe)
+    argv = [args.workload]
+    for action in probe._actions:
+        if not action.option_strings:
+            continue
+        value = getattr(args, action.dest)
+        if value is None or value is False or value == action.default:
+            continue
+        argv += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return argv
+
+
+def validate(args) -> tuple:
+    """Check the options before any process group exists; returns (workload, preset)."""
+    from .registry import UnknownWorkload, get
+
+    try:
+        wl = get(args.workload)
+    except UnknownWorkload as e:
+        raise UsageError(str(e.args[0])) from None
+    if args.preset not in wl.presets:
+        raise UsageError(f"workload {wl.name} has no preset {args.preset!r}; presets: {', '.join(wl.presets)}")
+    for name in ("steps", "batch_size", "sample_hz", "flush_s"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
+    if args.warmup < 0 or (args.num_workers is not None and args.num_workers < 0):
+        raise UsageError("--warmup and --num-workers must not be negative")
+    if args.data is not None and not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: not a folder")
+    return wl, wl.presets[args.preset]
+
+
+def _to_device(batch, device):
+    import torch
+
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+def _progress(rank: int, steps: int):
+    """A per-step progress callback: rich bar on rank 0 when stderr is a terminal, else log lines."""
+    if rank != 0:
+        return None, lambda i, dt: None
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[st]}"), TimeRemainingColumn(), transient=True)
+        task = bar.add_task("train", total=steps, st="")
+        return bar, lambda i, dt: bar.update(task, completed=i + 1, st=f"{dt * 1e3:.0f} ms/step")
+    every = max(1, steps // 5)
+    return None, lambda i, dt: (i + 1) % every == 0 and print(f"tbdprof: step {i + 1}/{steps} ({dt * 1e3:.0f} ms)", file=sys.stderr, flush=True)
+
+
+def train(args) -> int:
+    wl, preset = validate(args)
+    import torch
+
+    import tbdprof
+
+    from .data import DataFormatError, default_root, prepare
+    from .engines import EngineUnavailable, get_engine
+
+    info = tbdprof.detect_rank()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{info.local_rank % max(1, torch.cuda.device_count())}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    torch.manual_seed(args.seed)
+
+    if args.data:
+        root = Path(args.data)
+    else:
+        root = prepare(
+            default_root(wl.name, args.preset, args.seed),
+            lambda tmp: wl.write_dataset(tmp, preset, args.seed),
+            is_writer=info.local_rank == 0,
+        )
+    try:
+        dataset = wl.dataset(root, preset, train=True)
+    except DataFormatError as e:
+        raise UsageError(str(e)) from None
+
+    world = info.world_size
+    try:
+        engine = get_engine(args.engine, info, device)
+        engine.setup()
+    except EngineUnavailable as e:
+        raise UsageError(str(e)) from None
+
+    batch_size = args.batch_size or preset.batch_size
+    num_workers = preset.num_workers if args.num_workers is None else args.num_workers
+    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=args.seed, drop_last=True)
+    if len(sampler) < batch_size:
+        raise UsageError(f"data set of {len(dataset)} samples gives rank {info.rank} {len(sampler)}, less than one batch of {batch_size}")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=wl.collate_fn,
+        pin_memory=use_cuda, drop_last=True, persistent_workers=num_workers > 0,
+    )
+    model = wl.build_model(preset).to(device)
+    model, optimizer = engine.wrap(model, wl.optimizer(model, preset))
+
+    config = {
+        "workload": wl.name, "domain": wl.domain, "preset": args.preset, "engine": args.engine,
+        "batch_size": batch_size, "global_batch_size": batch_size * world, "steps": args.steps,
+        "num_workers": num_workers, "device": str(device), "dtype": "float32", "seed": args.seed,
+        "preprocessing": "cpu, in data-loader workers" if num_workers else "cpu, in the training process",
+        "params": sum(p.numel() for p in model.parameters()), "unit": wl.unit, "data": str(root),
+    }
+    prof = tbdprof.Profiler(
+        out=args.out, run_id=args.run_id, sample_hz=args.sample_hz, flush_s=args.flush_s,
+        warmup_steps=args.warmup, enabled=not args.no_profile, metadata=config,
+    )
+    bar, tick = _progress(info.rank, args.steps)
+    step_times: list[float] = []
+    step = epoch = 0
+    with prof, (bar or _Null()):
+        prof.watch(model, optimizer)
+        model.train()
+        while step < args.steps:
+            sampler.set_epoch(epoch)
+            epoch += 1
+            t0 = time.perf_counter()
+            for batch in prof.loader(loader):
+                with prof.phase("h2d"):
+                    batch = _to_device(batch, device)
+                with prof.phase("forward"):
+                    loss = wl.loss(model, batch)
+                with prof.phase("backward"):
+                    loss.backward()
+                with prof.phase("optimizer"):
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if use_cuda:
+                    torch.cuda.synchronize(device)
+                prof.end_step(wl.batch_items(batch))
+                t1 = time.perf_counter()
+                step_times.append(t1 - t0)
+                tick(step, t1 - t0)
+                t0 = t1
+                step += 1
+                if step >= args.steps:
+                    break
+    if args.no_profile:
+        _write_baseline(info, step_times, config, args)
+    if info.rank == 0:
+        steady = step_times[args.warmup :] or step_times
+        print(f"tbdprof: rank 0 ran {step} steps, median {statistics.median(steady) * 1e3:.1f} ms/step", file=sys.stderr)
+    engine.shutdown()
+    return 0
+
+
+class _Null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _write_baseline(info, step_times, config, args) -> None:
+    """Unprofiled runs still leave their step times, for overhead comparisons."""
+    from tbdprof import store
+
+    run_dir = Path(os.environ.get("TBDPROF_RUN_DIR") or Path(args.out) / (args.run_id or "baseline"))
+    d = store.rank_dir(run_dir, info.host, info.rank)
+    d.mkdir(parents=True, exist_ok=True)
+    store.write_json_atomic(d / "baseline.json", {"rank": info.rank, "step_times_s": step_times, "config": config, "warmup_steps": args.warmup})
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return train(args)
+    except UsageError as e:
+        print(f"tbdprof: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
