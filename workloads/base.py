@@ -53,6 +53,15 @@ class Workload:
         """Forward pass and loss for one (device-resident) batch."""
         raise NotImplementedError
 
+    def train_step(self, model: torch.nn.Module, optimizer, batch: Any, phase: Callable[[str], Any]) -> bool:
+        """Override for loops that are not forward/backward/optimizer once (GANs, RL).
+
+        ``phase(name)`` is a context manager timing a phase of the step. Return
+        True when the step was handled; the default returns False and the
+        runner does forward (``loss``), backward and optimizer itself.
+        """
+        return False
+
     def optimizer(self, model: torch.nn.Module, preset: Preset) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9, weight_decay=1e-4)
 

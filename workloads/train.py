@@ -186,13 +186,14 @@ def train(args) -> int:
             for batch in prof.loader(loader):
                 with prof.phase("h2d"):
                     batch = _to_device(batch, device)
-                with prof.phase("forward"):
-                    loss = wl.loss(model, batch)
-                with prof.phase("backward"):
-                    loss.backward()
-                with prof.phase("optimizer"):
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                if not wl.train_step(model, optimizer, batch, prof.phase):
+                    with prof.phase("forward"):
+                        loss = wl.loss(model, batch)
+                    with prof.phase("backward"):
+                        loss.backward()
+                    with prof.phase("optimizer"):
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
                 if use_cuda:
                     torch.cuda.synchronize(device)
                 prof.end_step(wl.batch_items(batch))
