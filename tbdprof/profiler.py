@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -217,9 +219,26 @@ class Profiler:
         self._sampler = SamplingThread(samplers, self._buffers.tables[schema.SAMPLES], self.sample_hz)
         self._sampler.start()
         self._started = True
+        self._pid = os.getpid()
+        self._install_sigterm()
         if self.clock_sync:
             self.sync_clocks("start")
         return self
+
+    def _install_sigterm(self) -> None:
+        """Flush and mark the rank on SIGTERM (what launchers and schedulers send),
+        unless the script installed its own handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        # Forked children (data-loader workers) inherit the handler but must not flush.
+        if os.getpid() == self._pid:
+            self.close(status="terminated")
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
 
     def sync_clocks(self, when: str) -> None:
         """Estimate this rank's clock offset to rank 0 (collective over the process group)."""
@@ -248,7 +267,9 @@ class Profiler:
         self._closed = True
         if self._step_start is not None:
             self._end_step()
-        if self.clock_sync:
+        # Only a clean end syncs clocks: it is collective, and after a failure
+        # or a signal the peers may be gone.
+        if self.clock_sync and status == "complete":
             self.sync_clocks("end")
         for t in self._trackers:
             t.remove()

@@ -1,0 +1,85 @@
+"""The writer thread: segments, atomic files, failure without harming the caller."""
+
+import logging
+
+import pyarrow.parquet as pq
+import pytest
+
+from tbdprof import schema
+from tbdprof.writer import Buffers, SegmentWriter, rows_to_table
+
+
+def _schemas():
+    return {t: schema.table_schema(t, "run", 0, "h") for t in schema.TABLES}
+
+
+def _span(i):
+    return (i, "forward", schema.KIND_PHASE, 1000 * i, 1000 * i + 500, None, None)
+
+
+def test_rows_to_table_matches_schema_and_metadata():
+    table = rows_to_table(schema.SPANS, [_span(0), (1, "allreduce", "comm", 5, 9, 4096, None)], _schemas()[schema.SPANS])
+    assert table.schema.names == schema.TABLES[schema.SPANS].names
+    assert table.column("bytes").to_pylist() == [None, 4096]
+    assert table.schema.metadata[schema.META_SCHEMA_VERSION] == str(schema.SCHEMA_VERSION).encode()
+
+
+def test_each_flush_writes_one_new_segment_per_nonempty_table(tmp_path):
+    buf = Buffers()
+    w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60)
+    buf.tables[schema.SPANS].extend(_span(i) for i in range(10))
+    w.flush()
+    buf.tables[schema.SPANS].append(_span(10))
+    buf.tables[schema.SAMPLES].append((1, "cpu.system_pct", "", 5.0))
+    w.flush()
+    w.flush()  # nothing buffered: no empty files
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["samples-000002.parquet", "spans-000001.parquet", "spans-000002.parquet"]
+    assert pq.read_table(tmp_path / "spans-000001.parquet").num_rows == 10
+    assert w.rows_written[schema.SPANS] == 11
+    assert not any(n.endswith(".tmp") for n in names)
+
+
+def test_thread_flushes_periodically_and_on_stop(tmp_path):
+    buf = Buffers()
+    w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=0.05)
+    w.start()
+    buf.tables[schema.SPANS].append(_span(1))
+    for _ in range(100):
+        if list(tmp_path.glob("spans-*.parquet")):
+            break
+        import time
+
+        time.sleep(0.02)
+    buf.tables[schema.SPANS].append(_span(2))
+    w.stop()
+    total = sum(pq.read_table(p).num_rows for p in tmp_path.glob("spans-*.parquet"))
+    assert total == 2
+    assert not w.is_alive()
+
+
+def test_unwritable_folder_stops_recording_with_one_warning(tmp_path, caplog):
+    target = tmp_path / "gone"
+    target.mkdir()
+    buf = Buffers()
+    w = SegmentWriter(target, buf, _schemas(), interval_s=60)
+    target.rmdir()
+    with caplog.at_level(logging.WARNING, logger="tbdprof"):
+        buf.tables[schema.SPANS].append(_span(1))
+        w.flush()
+        buf.tables[schema.SPANS].append(_span(2))
+        w.flush()
+    warnings = [r for r in caplog.records if "recording stopped" in r.getMessage()]
+    assert len(warnings) == 1
+    assert w.failed and w.rows_dropped == 2
+    assert len(buf.tables[schema.SPANS]) == 0  # drained, so memory does not grow
+
+
+def test_bad_rows_fail_the_writer_not_the_caller(tmp_path):
+    buf = Buffers()
+    w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60)
+    buf.tables[schema.SPANS].append(("not-an-int", "x", "phase", 1, 2, None, None))
+    w.flush()
+    assert w.failed
+    with pytest.raises(Exception):
+        rows_to_table(schema.SPANS, [("x", "x", "phase", 1, 2, None, None)], _schemas()[schema.SPANS])
