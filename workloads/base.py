@@ -36,6 +36,8 @@ class Workload:
     presets: dict[str, Preset] = {}
     reference_params: dict[str, int] = {}  # preset -> parameter count of the reference model
     reference_source = ""  # where that figure comes from
+    # The phases one training step records besides data_wait and h2d.
+    phases: tuple[str, ...] = ("forward", "backward", "optimizer")
 
     def build_model(self, preset: Preset) -> torch.nn.Module:
         raise NotImplementedError
@@ -69,6 +71,18 @@ class Workload:
         """Samples in a batch (the throughput unit)."""
         first = batch[0] if isinstance(batch, (list, tuple)) else batch
         return int(first.shape[0])
+
+    def batch_units(self, batch: Any) -> int:
+        """How many ``unit`` a batch holds (tokens, frames...); samples by default."""
+        return self.batch_items(batch)
+
+    def batch_sampler(self, sampler: torch.utils.data.Sampler, batch_size: int) -> torch.utils.data.Sampler:
+        """Group a rank's sample indices into batches; override to bucket by length."""
+        return torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
+
+    def check_batch_size(self, preset: Preset, batch_size: int) -> str | None:
+        """Why ``batch_size`` (per rank) cannot be used, or None when it can."""
+        return None
 
     def param_count(self, preset_name: str) -> int:
         """Parameters of a preset's model, built on the meta device (no memory, no init)."""

@@ -83,7 +83,11 @@ def validate(args) -> tuple:
         raise UsageError("--warmup and --num-workers must not be negative")
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
-    return wl, wl.presets[args.preset]
+    preset = wl.presets[args.preset]
+    problem = wl.check_batch_size(preset, args.batch_size or preset.batch_size)
+    if problem:
+        raise UsageError(f"workload {wl.name}: {problem}")
+    return wl, preset
 
 
 def _to_device(batch, device):
@@ -155,9 +159,13 @@ def train(args) -> int:
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=args.seed, drop_last=True)
     if len(sampler) < batch_size:
         raise UsageError(f"data set of {len(dataset)} samples gives rank {info.rank} {len(sampler)}, less than one batch of {batch_size}")
+    try:
+        batches = wl.batch_sampler(sampler, batch_size)
+    except DataFormatError as e:
+        raise UsageError(str(e)) from None
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, collate_fn=wl.collate_fn,
-        pin_memory=use_cuda, drop_last=True, persistent_workers=num_workers > 0,
+        dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=wl.collate_fn,
+        pin_memory=use_cuda, persistent_workers=num_workers > 0,
     )
     model = wl.build_model(preset).to(device)
     model, optimizer = engine.wrap(model, wl.optimizer(model, preset))
@@ -168,6 +176,7 @@ def train(args) -> int:
         "num_workers": num_workers, "device": str(device), "dtype": "float32", "seed": args.seed,
         "preprocessing": "cpu, in data-loader workers" if num_workers else "cpu, in the training process",
         "params": sum(p.numel() for p in model.parameters()), "unit": wl.unit, "data": str(root),
+        "units_per_step": [],  # batch_units of each step, filled in as it runs
     }
     prof = tbdprof.Profiler(
         out=args.out, run_id=args.run_id, sample_hz=args.sample_hz, flush_s=args.flush_s,
@@ -175,6 +184,9 @@ def train(args) -> int:
     )
     bar, tick = _progress(info.rank, args.steps)
     step_times: list[float] = []
+    # The profiler copies config shallowly and rewrites rank.json at close, so
+    # this list reaches rank.json (and baseline.json) with every step's units.
+    units = config["units_per_step"]
     step = epoch = 0
     with prof, (bar or _Null()):
         prof.watch(model, optimizer)
@@ -197,6 +209,7 @@ def train(args) -> int:
                 if use_cuda:
                     torch.cuda.synchronize(device)
                 prof.end_step(wl.batch_items(batch))
+                units.append(wl.batch_units(batch))
                 t1 = time.perf_counter()
                 step_times.append(t1 - t0)
                 tick(step, t1 - t0)
