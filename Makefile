@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(TORCH_VERSION)
 DEMO_ID := demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test bench clean
+.PHONY: install horovod demo test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Horovod built from source for this torch (C++17 patch), cached per machine: launch/horovod_build.sh.
+horovod: install
+	launch/horovod_build.sh $(PY)
+
 demo: install
 	$(VENV)/bin/tbdprof run resnet50 --nproc 2 --preset tiny --steps 60 --out runs --run-id $(DEMO_ID)
 
-test: install
+test: install horovod
 	$(PY) -m pytest -q tests
 
 bench: install
