@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import duckdb
@@ -50,6 +51,22 @@ class Run:
 
     def has(self, table: str) -> bool:
         return bool(self.files.get(table))
+
+    @cached_property
+    def t0_ns(self) -> int | None:
+        """The run's first timestamp on the aligned clock (spans and samples); the zero of every timeline."""
+        return self.sql("SELECT min(t) FROM (SELECT min(start_ns) AS t FROM spans UNION ALL SELECT min(ts_ns) FROM samples)")[0][0]
+
+    @cached_property
+    def steady_window(self) -> tuple[int, int] | None:
+        """(start, end) in aligned ns from the first steady-state step's start to the last step's end."""
+        row = self.sql("SELECT min(start_ns), max(end_ns) FROM spans WHERE kind = 'step' AND step >= ?", [self.warmup_steps])
+        return None if row[0][0] is None else (row[0][0], row[0][1])
+
+
+def sql_list(names) -> str:
+    """A SQL list literal ``('a', 'b')`` of string constants."""
+    return "(" + ", ".join("'" + str(n).replace("'", "''") + "'" for n in names) + ")"
 
 
 def _check_segment(path: Path, table: str) -> str | None:
@@ -103,7 +120,7 @@ def open_run(path: str | Path) -> Run:
             problems.append(f"rank {rank}: {schema.RANK_FILE} unreadable ({e.__class__.__name__})")
         ranks[rank] = rmeta
         for table in schema.TABLES:
-            for seg in sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}")):
+            for seg in store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}"))):
                 why = _check_segment(seg, table)
                 if why:
                     problems.append(f"rank {rank}: {why}")
@@ -137,6 +154,7 @@ def _clock_params(run: Run) -> list[tuple[int, float, float, float]]:
 def _connect(run: Run) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET threads TO 2")
+    con.execute("SET enable_progress_bar = false")
     con.execute("CREATE TABLE clock(rank BIGINT, a DOUBLE, b DOUBLE, t0 DOUBLE)")
     con.executemany("INSERT INTO clock VALUES (?, ?, ?, ?)", _clock_params(run))
     for table, cols in TIME_COLUMNS.items():

@@ -375,7 +375,8 @@ class Profiler:
 
     def watch(self, model, optimizer=None) -> None:
         """Record the memory breakdown of ``model`` and ``optimizer`` every step and, when
-        ``model`` is DistributedDataParallel, its gradient allreduce buckets as comm spans."""
+        ``model`` is DistributedDataParallel, its gradient allreduce buckets as comm spans
+        (for a Horovod ``DistributedOptimizer``, its per-gradient allreduces)."""
         if not self.enabled:
             return
         from .memory import MemoryTracker
@@ -390,6 +391,10 @@ class Profiler:
                 model.register_comm_hook(None, make_allreduce_hook(self._record_span, lambda: self.step_index, self._pending))
             except (RuntimeError, ValueError) as e:  # e.g. a hook is already registered
                 log.warning("tbdprof: no communication spans (%s)", e)
+        from .horovod import HorovodComm, is_horovod_optimizer
+
+        if is_horovod_optimizer(optimizer):
+            self._pending = HorovodComm(optimizer, self._record_span, lambda: self.step_index)
 
     def _rss(self) -> int:
         if self._rss_proc is None:

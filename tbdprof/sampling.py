@@ -7,8 +7,10 @@ import threading
 import time
 from collections import deque
 
-from . import clock
+from . import clock, schema
 from .samplers import Sampler
+
+_COUNTERS = frozenset(m.name for m in schema.METRICS.values() if m.counter)
 
 log = logging.getLogger("tbdprof")
 
@@ -32,6 +34,7 @@ class SamplingThread(threading.Thread):
         self.disabled: dict[str, str] = {}
         self.ticks = 0
         self.cpu_s = 0.0
+        self._last_counter: dict[tuple[str, str], float] = {}
         self._halt = threading.Event()
 
     def _disable(self, s: Sampler, e: BaseException) -> None:
@@ -50,8 +53,16 @@ class SamplingThread(threading.Thread):
     def tick(self) -> None:
         ts = clock.now_ns()
         append = self.out.append
+        last = self._last_counter
 
         def emit(metric: str, device: str, value: float) -> None:
+            # A cumulative counter that has not moved adds nothing: skip it
+            # (idle interfaces and disks would otherwise fill the store).
+            if metric in _COUNTERS:
+                key = (metric, device)
+                if last.get(key) == value:
+                    return
+                last[key] = value
             append((ts, metric, device, value))
 
         for s in list(self.active):

@@ -70,7 +70,14 @@ KIND_STEP = "step"
 KIND_PHASE = "phase"
 KIND_COMM = "comm"
 KIND_MARK = "mark"
-SPAN_KINDS = (KIND_STEP, KIND_PHASE, KIND_COMM, KIND_MARK)
+# Horovod's own timeline, ingested on rank 0's clock into rank 0's partition:
+# name is "<ACTIVITY>|<tensor>" (NEGOTIATE_ALLREDUCE, ALLREDUCE, QUEUE, ...;
+# bytes on the outermost op only); "READY_RANK_<r>|<tensor>" runs from the
+# negotiation's start to when rank r reported the tensor ready.
+KIND_HOROVOD = "hvd"
+HVD_SEP = "|"
+HVD_READY = "READY_RANK_"
+SPAN_KINDS = (KIND_STEP, KIND_PHASE, KIND_COMM, KIND_MARK, KIND_HOROVOD)
 
 PHASE_DATA = "data_wait"
 PHASE_H2D = "h2d"

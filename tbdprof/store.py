@@ -30,8 +30,42 @@ def rank_dir(run_dir: str | os.PathLike, host: str, rank: int) -> Path:
     return Path(run_dir) / f"host={safe_host(host)}" / f"rank={int(rank)}"
 
 
-def segment_name(table: str, seq: int) -> str:
-    return f"{table}-{seq:06d}{schema.SEGMENT_SUFFIX}"
+def segment_name(table: str, first: int, last: int | None = None) -> str:
+    """``spans-000007.parquet`` for one flush, ``spans-000001-000012.parquet`` for a compacted range."""
+    if last is None or last == first:
+        return f"{table}-{first:06d}{schema.SEGMENT_SUFFIX}"
+    return f"{table}-{first:06d}-{last:06d}{schema.SEGMENT_SUFFIX}"
+
+
+_SEGMENT = re.compile(r"^([a-z_]+)-(\d{6})(?:-(\d{6}))?" + re.escape(schema.SEGMENT_SUFFIX) + "$")
+
+
+def parse_segment(name: str) -> tuple[str, int, int] | None:
+    """(table, first seq, last seq) of a segment file name, or None if it is not one."""
+    m = _SEGMENT.match(name)
+    if not m:
+        return None
+    first = int(m.group(2))
+    return m.group(1), first, int(m.group(3) or first)
+
+
+def live_segments(paths: list[Path]) -> list[Path]:
+    """The segments to read: a single flush covered by a compacted range file is dropped.
+
+    (Compaction writes the range file, then deletes the flushes it merged; a
+    crash in between must not count their rows twice.)
+    """
+    parsed = [(p, parse_segment(p.name)) for p in paths]
+    ranges = [(t, a, b) for _, (t, a, b) in ((p, x) for p, x in parsed if x) if b > a]
+    out = []
+    for p, x in parsed:
+        if x is None:
+            continue
+        t, a, b = x
+        if a == b and any(rt == t and ra <= a <= rb for rt, ra, rb in ranges):
+            continue
+        out.append(p)
+    return out
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict[str, Any]) -> None:

@@ -24,6 +24,15 @@ from . import schema, store
 log = logging.getLogger("tbdprof")
 
 
+# Timestamps grow steadily: delta encoding; floats: byte-stream split helps zstd.
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    compression_level=3,
+    use_dictionary=["name", "kind", "metric", "device"],
+    column_encoding={"start_ns": "DELTA_BINARY_PACKED", "end_ns": "DELTA_BINARY_PACKED", "ts_ns": "DELTA_BINARY_PACKED", "value": "BYTE_STREAM_SPLIT"},
+)
+
+
 class Buffers:
     """One append-only deque of row tuples per table.
 
@@ -63,6 +72,7 @@ class SegmentWriter(threading.Thread):
         schemas: dict[str, pa.Schema],
         interval_s: float = 5.0,
         before_flush: Iterable[Callable[[], None]] = (),
+        compact_every: int = 12,
     ):
         super().__init__(name="tbdprof-writer", daemon=True)
         self.directory = Path(directory)
@@ -74,6 +84,8 @@ class SegmentWriter(threading.Thread):
         self.rows_written = {t: 0 for t in schema.TABLES}
         self.rows_dropped = 0
         self.segments = 0
+        self.compact_every = compact_every
+        self._uncompacted: dict[str, list[Path]] = {t: [] for t in schema.TABLES}
         self._seq = 0
         self._halt = threading.Event()
         self._lock = threading.Lock()  # one flush at a time (thread vs. final flush)
@@ -83,13 +95,13 @@ class SegmentWriter(threading.Thread):
             self.flush()
 
     def stop(self) -> None:
-        """Stop the thread and write what is left."""
+        """Stop the thread, write what is left and compact the last segments."""
         self._halt.set()
         if self.is_alive():
             self.join(timeout=max(10.0, 2 * self.interval_s))
-        self.flush()
+        self.flush(final=True)
 
-    def flush(self) -> None:
+    def flush(self, final: bool = False) -> None:
         with self._lock:
             for hook in self.before_flush:
                 try:
@@ -101,26 +113,57 @@ class SegmentWriter(threading.Thread):
                 rows = self.buffers.drain(table)
                 if rows:
                     self._write(table, rows)
+                pending = self._uncompacted[table]
+                if len(pending) >= self.compact_every or (final and len(pending) > 1):
+                    self._compact(table, pending)
 
     def _write(self, table: str, rows: list[tuple]) -> None:
         if self.failed:
             self.rows_dropped += len(rows)
             return
-        name = store.segment_name(table, self._seq)
-        path = self.directory / name
-        tmp = self.directory / f".{name}.tmp"
+        path = self.directory / store.segment_name(table, self._seq)
         try:
-            data = rows_to_table(table, rows, self.schemas[table])
-            pq.write_table(data, tmp, compression="zstd", compression_level=3)
-            os.replace(tmp, path)
+            self._atomic_write(rows_to_table(table, rows, self.schemas[table]), path)
         except Exception as e:  # noqa: BLE001 - disk full, folder removed, read-only...
-            self.failed = f"{e.__class__.__name__}: {e}"
+            self._fail(e)
             self.rows_dropped += len(rows)
-            log.warning("tbdprof: recording stopped, cannot write %s (%s); training continues", self.directory, self.failed)
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             return
         self.rows_written[table] += len(rows)
         self.segments += 1
+        self._uncompacted[table].append(path)
+
+    def _compact(self, table: str, paths: list[Path]) -> None:
+        """Merge single-flush segments into one range file, then delete them.
+
+        Fewer, larger files: smaller footprint (one footer, better compression)
+        and faster reads. Readers skip flushes a range covers (store.live_segments),
+        so a crash between the two steps does not double-count.
+        """
+        if self.failed:
+            return
+        first = store.parse_segment(paths[0].name)[1]
+        last = store.parse_segment(paths[-1].name)[2]
+        target = self.directory / store.segment_name(table, first, last)
+        try:
+            self._atomic_write(pa.concat_tables(pq.read_table(p) for p in paths), target)
+        except Exception as e:  # noqa: BLE001 - keep the small segments: they are still valid
+            log.debug("tbdprof: compaction of %s failed (%s)", table, e)
+            paths.clear()
+            return
+        for p in paths:
+            p.unlink(missing_ok=True)
+        self.segments -= len(paths) - 1
+        paths.clear()
+
+    def _atomic_write(self, data: pa.Table, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            pq.write_table(data, tmp, **PARQUET_OPTIONS)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def _fail(self, e: BaseException) -> None:
+        self.failed = f"{e.__class__.__name__}: {e}"
+        log.warning("tbdprof: recording stopped, cannot write %s (%s); training continues", self.directory, self.failed)

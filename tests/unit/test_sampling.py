@@ -118,3 +118,37 @@ def test_cuda_visible_devices_mapping():
     assert visible_physical_index(1, {"CUDA_VISIBLE_DEVICES": "3,5"}) == 5
     assert visible_physical_index(0, {"CUDA_VISIBLE_DEVICES": "GPU-abc"}) == "GPU-abc"
     assert visible_physical_index(2, {}) == 2
+
+
+def test_process_sampler_includes_children_cpu_and_reads():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time\nt=time.process_time()\nwhile time.process_time()-t<1.0: pass"])
+    try:
+        s = ProcessSampler()
+        s.start()
+        time.sleep(0.6)
+        out = {}
+        s.sample(lambda m, d, v: out.__setitem__(m, v))
+        assert out["cpu.process_pct"] > 30  # the child burns a core; this process sleeps
+    finally:
+        child.wait()
+
+
+def test_unchanged_counters_are_not_repeated():
+    class Flat(Sampler):
+        name = "flat"
+
+        def sample(self, emit):
+            emit("net.bytes_sent", "eth9", 100.0)  # a counter that never moves
+            emit("cpu.system_pct", "", 5.0)  # a gauge: always recorded
+
+    out = deque()
+    t = SamplingThread([Flat()], out, hz=100)
+    for _ in range(5):
+        t.tick()
+    metrics = [r[1] for r in out]
+    assert metrics.count("net.bytes_sent") == 1
+    assert metrics.count("cpu.system_pct") == 5
