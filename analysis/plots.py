@@ -15,7 +15,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
-_MB = 1024 * 1024
+MB = 1024 * 1024
+
+
+def _plain(text: str) -> str:
+    """Text shown literally: a '$' from the run must not start matplotlib mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def _svg(fig) -> str:
@@ -34,8 +39,8 @@ def lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str,
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
     for label, pts in sorted(series.items()):
         xs, ys = zip(*pts)
-        ax.plot(xs, [y / scale for y in ys], label=label, linewidth=1.2)
-    ax.set_title(title, loc="left")
+        ax.plot(xs, [y / scale for y in ys], label=_plain(label), linewidth=1.2)
+    ax.set_title(_plain(title), loc="left")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
@@ -52,18 +57,16 @@ def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str, sca
     for parts in rows.values():
         segments += [s for s in parts if s not in segments]
     fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.45 * max(2, len(rows))))
-    labels = list(rows)
+    labels = [_plain(k) for k in rows]
     left = [0.0] * len(labels)
     cmap = plt.get_cmap("tab10")
     for i, seg in enumerate(segments):
-        vals = [rows[label].get(seg, 0.0) / scale for label in labels]
-        ax.barh(labels, vals, left=left, label=seg, color=cmap(i % 10))
+        vals = [parts.get(seg, 0.0) / scale for parts in rows.values()]
+        ax.barh(labels, vals, left=left, label=_plain(seg), color=cmap(i % 10))
         left = [a + b for a, b in zip(left, vals)]
     ax.invert_yaxis()
-    ax.set_title(title, loc="left")
+    ax.set_title(_plain(title), loc="left")
     ax.set_xlabel(ylabel)
     ax.legend(fontsize=7, frameon=False, ncol=min(6, len(segments)), loc="upper center", bbox_to_anchor=(0.5, -0.35))
     return _svg(fig)
 
-
-MB = _MB

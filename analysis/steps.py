@@ -1,67 +1,69 @@
-"""Step time and throughput, warm-up steps excluded."""
+"""Step time and throughput, warm-up steps excluded, aggregated in SQL."""
 
 from __future__ import annotations
 
 from .load import Run
+from .timeline import Series, span_series
+
+_STEADY = "kind = 'step' AND step >= ?"
+_STATS = ("count(*), quantile_cont(d, [0.5, 0.9, 0.99]), min(d), max(d), avg(d), coalesce(stddev_samp(d), 0), "
+          "sum(items), min(start_ns), max(end_ns)")
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+def throughput_unit(run: Run) -> str:
+    """What a step's ``items`` count: the workload's ``unit`` metadata (samples, tokens, frames...)."""
+    units = {str((m.get("metadata") or {}).get("unit") or "") for m in run.ranks.values()} - {""}
+    return units.pop() if len(units) == 1 else "samples"
 
 
 def step_stats(run: Run) -> dict:
-    """Step-time percentiles per rank and overall, and throughput from the step spans.
+    """Step-time percentiles per rank and overall, their spread, and throughput from the step spans.
 
-    Throughput is the samples of all steady-state steps of all ranks divided by
-    the wall time from the first such step's start to the last one's end, on
-    the aligned clock.
+    Throughput is the items (in :func:`throughput_unit`) of all steady-state
+    steps of all ranks divided by the wall time from the first such step's
+    start to the last one's end, on the aligned clock. ``rank_spread`` is how
+    much slower the slowest rank's median step is than the fastest's.
     """
     warm = run.warmup_steps
-    rows = run.sql(
-        "SELECT rank, step, (end_ns - start_ns) / 1e9, items, start_ns, end_ns FROM spans "
-        "WHERE kind = 'step' AND step >= ? ORDER BY rank, step",
-        [warm],
-    )
-    if not rows:
-        return {"steps": 0, "warmup_steps": warm, "per_rank": {}}
-    per_rank: dict[int, list[float]] = {}
-    items = 0
-    for rank, _step, dur, n, *_ in rows:
-        per_rank.setdefault(rank, []).append(dur)
-        items += n or 0
-    start = min(r[4] for r in rows)
-    end = max(r[5] for r in rows)
-    wall = (end - start) / 1e9
-    all_durs = [r[2] for r in rows]
-    steps_per_rank = {r: len(v) for r, v in per_rank.items()}
+    inner = f"SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, start_ns, end_ns FROM spans WHERE {_STEADY}"
+    total = run.sql(f"SELECT {_STATS} FROM ({inner})", [warm])[0]
+    unit = throughput_unit(run)
+    if not total[0]:
+        return {"steps": 0, "warmup_steps": warm, "unit": unit, "per_rank": {}, "ranks_without_steps": sorted(run.ranks)}
+    per_rank = {str(r): _stats(row) for r, *row in run.sql(f"SELECT rank, {_STATS} FROM ({inner}) GROUP BY rank ORDER BY rank", [warm])}
+    overall = _stats(total)
+    wall = overall["last_end_ns"] - overall["first_start_ns"]
+    items = overall["items"]
+    rate = items / (wall / 1e9) if wall > 0 else None
+    medians = [p["median_s"] for p in per_rank.values()]
     return {
-        "steps": max(steps_per_rank.values()),
+        "steps": max(p["steps"] for p in per_rank.values()),
         "warmup_steps": warm,
-        "samples": items,
-        "wall_s": wall,
-        "throughput_samples_per_s": items / wall if wall > 0 else None,
-        "step_time_s": {"median": _pct(all_durs, 0.5), "p90": _pct(all_durs, 0.9), "p99": _pct(all_durs, 0.99)},
-        "per_rank": {
-            str(r): {
-                "steps": len(v),
-                "median_s": _pct(v, 0.5),
-                "p90_s": _pct(v, 0.9),
-                "min_s": min(v),
-                "max_s": max(v),
-            }
-            for r, v in sorted(per_rank.items())
+        "unit": unit,
+        "samples": items if unit == "samples" else None,
+        "items": items,
+        "wall_s": wall / 1e9,
+        "throughput_per_s": rate,
+        "throughput_samples_per_s": rate if unit == "samples" else None,
+        "step_time_s": {k: overall[f"{k}_s"] for k in ("median", "p90", "p99")},
+        "step_time_spread": {
+            "mean_s": overall["mean_s"],
+            "stdev_s": overall["stdev_s"],
+            "cv": overall["stdev_s"] / overall["mean_s"] if overall["mean_s"] else None,
+            "rank_spread": max(medians) / min(medians) - 1 if min(medians) > 0 else None,
+            "slowest_rank": int(max(per_rank, key=lambda r: per_rank[r]["median_s"])),
         },
+        "per_rank": {r: {k: v for k, v in p.items() if not k.endswith("_ns") and k != "items"} for r, p in per_rank.items()},
+        "ranks_without_steps": sorted(set(run.ranks) - {int(r) for r in per_rank}),
     }
 
 
-def step_series(run: Run) -> dict[int, list[tuple[int, float]]]:
-    """(step, seconds) per rank, all steps (for plots)."""
-    out: dict[int, list[tuple[int, float]]] = {}
-    for rank, step, dur in run.sql("SELECT rank, step, (end_ns - start_ns) / 1e9 FROM spans WHERE kind = 'step' ORDER BY rank, step"):
-        out.setdefault(rank, []).append((step, dur))
-    return out
+def _stats(row) -> dict:
+    n, (median, p90, p99), lo, hi, mean, stdev, items, first, last = row
+    return {"steps": n, "median_s": median, "p90_s": p90, "p99_s": p99, "min_s": lo, "max_s": hi, "mean_s": mean,
+            "stdev_s": stdev, "items": int(items or 0), "first_start_ns": first, "last_end_ns": last}
+
+
+def step_series(run: Run) -> Series:
+    """Step duration (s) over time per rank, all steps, bucketed to a bounded number of points."""
+    return span_series(run, "kind = 'step'")

@@ -1,16 +1,12 @@
-"""CPU, memory, network, disk and process I/O: run totals and timelines."""
+"""CPU, memory, network, disk and process I/O: averages and totals over the whole run (timelines: :mod:`.timeline`)."""
 
 from __future__ import annotations
 
 from tbdprof import schema
 
-from .load import Run
+from .load import Run, sql_list
 
 COUNTERS = tuple(m.name for m in schema.METRICS.values() if m.counter)
-
-
-def _in(names) -> str:
-    return "(" + ", ".join(f"'{n}'" for n in names) + ")"
 
 
 def system_figures(run: Run) -> dict:
@@ -19,11 +15,11 @@ def system_figures(run: Run) -> dict:
         return {}
     gauges = run.sql(
         f"SELECT host, rank, metric, device, avg(value), max(value) FROM samples "
-        f"WHERE metric NOT IN {_in(COUNTERS)} GROUP BY ALL ORDER BY ALL"
+        f"WHERE metric NOT IN {sql_list(COUNTERS)} GROUP BY ALL ORDER BY ALL"
     )
     counters = run.sql(
         f"SELECT host, rank, metric, device, max(value) - min(value), (max(ts_ns) - min(ts_ns)) / 1e9 FROM samples "
-        f"WHERE metric IN {_in(COUNTERS)} GROUP BY ALL ORDER BY ALL"
+        f"WHERE metric IN {sql_list(COUNTERS)} GROUP BY ALL ORDER BY ALL"
     )
     per_rank: dict[str, dict] = {}
     per_host: dict[str, dict] = {}
@@ -59,32 +55,3 @@ def _io(per_rank: dict) -> dict:
         r: {m: figs[m]["total"] for m in ("io.read_chars", "io.read_bytes", "io.write_bytes") if m in figs}
         for r, figs in per_rank.items()
     }
-
-
-def series(run: Run, metric: str) -> dict[str, list[tuple[float, float]]]:
-    """A metric over time, per (rank/host, device): (seconds since run start, value).
-
-    Counters come back as per-second rates between consecutive samples.
-    """
-    if not run.has(schema.SAMPLES):
-        return {}
-    t0 = run.sql("SELECT min(ts_ns) FROM samples")[0][0]
-    if metric in COUNTERS:
-        rows = run.sql(
-            "SELECT host, rank, device, ts, rate FROM (SELECT host, rank, device, (ts_ns - ?) / 1e9 AS ts, "
-            "(value - lag(value) OVER w) / ((ts_ns - lag(ts_ns) OVER w) / 1e9) AS rate FROM samples WHERE metric = ? "
-            "WINDOW w AS (PARTITION BY host, rank, device ORDER BY ts_ns)) WHERE rate IS NOT NULL ORDER BY host, rank, device, ts",
-            [t0, metric],
-        )
-    else:
-        rows = run.sql(
-            "SELECT host, rank, device, (ts_ns - ?) / 1e9, value FROM samples WHERE metric = ? ORDER BY host, rank, device, ts_ns",
-            [t0, metric],
-        )
-    out: dict[str, list[tuple[float, float]]] = {}
-    scope = schema.METRICS[metric].scope
-    for host, rank, device, ts, value in rows:
-        who = host if scope == "host" else f"rank {rank}"
-        label = f"{who} {device}".strip()
-        out.setdefault(label, []).append((ts, value))
-    return out

@@ -1,0 +1,97 @@
+"""Network: traffic per host and interface, and the bandwidth collectives achieved.
+
+Interface traffic comes from the host counters ``net.bytes_sent`` and
+``net.bytes_recv``. Collective bandwidth comes from the ``comm`` spans, with
+nccl-tests' definitions: algorithm bandwidth ``algbw = bytes / time`` and bus
+bandwidth ``busbw = algbw x factor(n)``, where the factor (2(n-1)/n for
+allreduce) makes busbw comparable with the link's capacity whatever the
+number of ranks ``n``. Time is the union of a rank's spans of that
+collective, so buckets in flight together are not counted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from .breakdown import union_sql
+from .load import Run
+from .timeline import counter_rates
+
+NET_METRICS = ("net.bytes_sent", "net.bytes_recv")
+
+# nccl-tests' bus-bandwidth factors, by collective name.
+BUS_FACTORS = {
+    "allreduce": lambda n: 2 * (n - 1) / n,
+    "allgather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "alltoall": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
+}
+
+_UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+_BW = re.compile(r"^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]i?)?\s*(bit|bps|b)?(?:/s|ps)?\s*$", re.IGNORECASE)
+
+
+def parse_bandwidth(text: str) -> float:
+    """A link capacity such as ``10Gbit``, ``25Gbps``, ``1.25GB/s`` or ``400MiB/s``, in bytes/s.
+
+    Lower-case ``b``/``bit``/``bps`` mean bits, ``B`` bytes; a bare number is bytes/s.
+    """
+    m = _BW.match(text or "")
+    if not m or m.group(1).count(".") > 1:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r} as a bandwidth (examples: 10Gbit, 25Gbps, 1.25GB/s)")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    unit = m.group(3) or "B"
+    bits = unit.lower() in ("bit", "bps") or unit == "b"
+    return value / 8 if bits else value
+
+
+def network_usage(run: Run) -> dict:
+    """Per host and interface: bytes sent/received over the run, bytes/s and bytes per step in steady state."""
+    steps = run.sql("SELECT count(*) FROM spans WHERE kind = 'step' AND step >= ? GROUP BY rank ORDER BY 1 DESC LIMIT 1",
+                    [run.warmup_steps])
+    window = run.steady_window
+    period = (window[1] - window[0]) / 1e9 / steps[0][0] if window and steps else None
+    out: dict[str, dict] = {}
+    for (host, _rank, metric, device), v in counter_rates(run, NET_METRICS).items():
+        direction = metric.rsplit("_", 1)[1]  # sent / recv
+        nic = out.setdefault(host, {}).setdefault(device, {})
+        nic[f"bytes_{direction}"] = v["total"]
+        nic[f"{direction}_bytes_per_s"] = v["per_s"]
+        nic[f"{direction}_bytes_per_step"] = v["per_s"] * period if period and v["per_s"] is not None else None
+    return out
+
+
+def collective_bandwidth(run: Run, link_bytes_per_s: float | None = None) -> dict:
+    """Per collective, per rank and over all ranks: bytes, busy time, algbw, busbw (bytes/s), busbw / link.
+
+    Steady-state steps only. ``link_fraction`` is None when the link's
+    capacity is unknown (no ``--link-bandwidth``).
+    """
+    n = run.world_size
+    warm = run.warmup_steps
+    out: dict[str, dict] = {}
+    for (name,) in run.sql("SELECT DISTINCT name FROM spans WHERE kind = 'comm' AND step >= ? ORDER BY 1", [warm]):
+        where = "kind = 'comm' AND step >= ? AND name = ?"
+        rows = run.sql(
+            f"SELECT c.rank, c.calls, c.bytes, c.median_call_bw, u.busy FROM (SELECT rank, count(*) AS calls, sum(bytes) AS bytes, "
+            f"median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) AS median_call_bw FROM spans WHERE {where} GROUP BY rank) c "
+            f"JOIN (SELECT rank, sum(e - s) / 1e9 AS busy FROM {union_sql(where)} GROUP BY rank) u USING (rank) ORDER BY 1",
+            [warm, name, warm, name],
+        )
+        factor = BUS_FACTORS[name](n) if name in BUS_FACTORS and n > 0 else None
+        per_rank = {str(r): _bw(calls, nbytes or 0, busy, call_bw, factor, link_bytes_per_s) for r, calls, nbytes, call_bw, busy in rows}
+        total = _bw(sum(p["calls"] for p in per_rank.values()), sum(p["bytes"] for p in per_rank.values()),
+                    sum(p["busy_s"] for p in per_rank.values()), None, factor, link_bytes_per_s)
+        out[name] = total | {"bus_factor": factor, "ranks": n, "per_rank": per_rank}
+    return {"link_bytes_per_s": link_bytes_per_s, "collectives": out}
+
+
+def _bw(calls: int, nbytes: int, busy: float, call_bw: float | None, factor: float | None, link: float | None) -> dict:
+    algbw = nbytes / busy if busy else None
+    busbw = algbw * factor if algbw is not None and factor is not None else None
+    return {"calls": calls, "bytes": int(nbytes), "busy_s": busy, "algbw_bytes_per_s": algbw,
+            "median_call_algbw_bytes_per_s": call_bw, "busbw_bytes_per_s": busbw,
+            "link_fraction": busbw / link if busbw is not None and link else None}

@@ -1,0 +1,143 @@
+"""Chrome Trace Event export (Perfetto UI, chrome://tracing), streamed in constant memory.
+
+Layout: one process (``pid``) per rank, named ``rank R (host)``; threads
+(``tid``) ``steps`` (1), ``phases`` (2), ``marks`` (3) and ``comm`` lanes
+(10, 11, ...: overlapping communication spans are spread over lanes so that
+slices on one thread never partially overlap). Spans are complete events
+(``"ph": "X"``); samples are counter events (``"ph": "C"``), one track per
+metric and device, counters as per-second rates. ``ts`` and ``dur`` are
+microseconds since the run's first timestamp on the aligned clock; that zero,
+in Unix nanoseconds, is ``otherData.t0_unix_ns``.
+
+Rows stream out of DuckDB as Arrow record batches and are written as they
+come, so memory stays flat whatever the run's size. A name ending in ``.gz``
+is gzip-compressed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from pathlib import Path
+from typing import IO, Iterator
+
+from tbdprof import schema
+
+from .load import Run, open_run
+from .timeline import is_counter, label, rate_sql
+
+TID_STEPS, TID_PHASES, TID_MARKS, TID_COMM = 1, 2, 3, 10
+_KIND_TID = {schema.KIND_STEP: TID_STEPS, schema.KIND_PHASE: TID_PHASES, schema.KIND_MARK: TID_MARKS}
+BATCH_ROWS = 50_000
+
+
+def _batches(run: Run, query: str, params: list) -> Iterator[dict[str, list]]:
+    reader = run.con.sql(query, params=params).to_arrow_reader(BATCH_ROWS)
+    for batch in reader:
+        yield batch.to_pydict()
+
+
+def _filters(ranks: list[int] | None, start_s: float | None, end_s: float | None, t0: int, ts: str, end: str) -> tuple[str, list]:
+    where, params = [], []
+    if ranks is not None:
+        where.append(f"rank IN ({', '.join(str(int(r)) for r in ranks) or 'NULL'})")
+    if start_s is not None:
+        where.append(f"{end} >= ?")
+        params.append(t0 + int(start_s * 1e9))
+    if end_s is not None:
+        where.append(f"{ts} <= ?")
+        params.append(t0 + int(end_s * 1e9))
+    return (" AND ".join(where) or "true"), params
+
+
+def trace_events(run: Run, ranks: list[int] | None = None, start_s: float | None = None, end_s: float | None = None) -> Iterator[dict]:
+    """The trace's events, one dict at a time: metadata, then slices, then counters.
+
+    ``ranks`` keeps only those ranks; ``start_s``/``end_s`` (seconds since the
+    run's start) keep the spans that overlap the window and the samples in it.
+    """
+    t0 = run.t0_ns or 0
+    keep = sorted(r for r in run.ranks if ranks is None or r in ranks)
+    for rank in keep:
+        host = run.ranks[rank].get("host", "?")
+        yield {"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "args": {"name": f"rank {rank} ({host})"}}
+        yield {"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}}
+        for tid, name in ((TID_STEPS, "steps"), (TID_PHASES, "phases"), (TID_MARKS, "marks")):
+            yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": tid, "args": {"name": name}}
+    span_where, params = _filters(ranks, start_s, end_s, t0, "start_ns", "end_ns")
+    cols = "rank, step, name, kind, start_ns, end_ns, bytes, items"
+    yield from _slices(run, f"SELECT {cols} FROM spans WHERE kind <> 'comm' AND {span_where}", params, t0, None)
+    lanes: dict[int, list[int]] = {}
+    yield from _slices(run, f"SELECT {cols} FROM spans WHERE kind = 'comm' AND {span_where} ORDER BY rank, start_ns", params, t0, lanes)
+    sample_where, params = _filters(ranks, start_s, end_s, t0, "ts_ns", "ts_ns")
+    yield from _counters(run, sample_where, params, t0)
+
+
+def _slices(run: Run, query: str, params: list, t0: int, lanes: dict[int, list[int]] | None) -> Iterator[dict]:
+    """Complete events; with ``lanes`` (rank -> end of the last slice per lane) comm spans get a free lane."""
+    for b in _batches(run, query, params):
+        for rank, step, name, kind, start, end, nbytes, items in zip(*b.values()):
+            args = {"step": step}
+            if nbytes is not None:
+                args["bytes"] = nbytes
+            if items is not None:
+                args["items"] = items
+            if lanes is None:
+                tid = _KIND_TID.get(kind, TID_MARKS)
+            else:
+                ends = lanes.setdefault(rank, [])
+                lane = next((i for i, e in enumerate(ends) if e <= start), len(ends))
+                if lane == len(ends):
+                    ends.append(end)
+                    yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": TID_COMM + lane, "args": {"name": f"comm {lane}"}}
+                ends[lane] = end
+                tid = TID_COMM + lane
+            yield {"ph": "X", "name": name, "cat": kind, "pid": rank, "tid": tid,
+                   "ts": (start - t0) / 1e3, "dur": max(0, end - start) / 1e3, "args": args}
+
+
+def _counters(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
+    gauges = f"SELECT host, rank, metric, device, ts_ns, value FROM samples WHERE {where} AND metric NOT IN (SELECT unnest(?))"
+    rates = f"SELECT host, rank, metric, device, ts_ns, dv / (dt_ns / 1e9) FROM ({rate_sql(f'metric IN (SELECT unnest(?)) AND {where}')}) WHERE dv IS NOT NULL"
+    counters = [m.name for m in schema.METRICS.values() if m.counter]
+    for query, qparams in ((gauges, [*params, counters]), (rates, [counters, *params])):
+        for b in _batches(run, query, qparams):
+            for host, rank, metric, device, ts, value in zip(*b.values()):
+                name = metric + ("/s" if is_counter(metric) else "")
+                yield {"ph": "C", "name": name, "pid": rank, "tid": 0, "ts": (ts - t0) / 1e3,
+                       "args": {label(metric, host, rank, device) if device else "value": value}}
+
+
+def write_chrome_trace(run: Run, out: IO[str], **filters) -> int:
+    """Write the trace as JSON (object form) to ``out``; return the number of events."""
+    out.write('{"displayTimeUnit": "ms", "otherData": ')
+    json.dump({"tool": "tbdprof", "run_id": run.meta.get("run_id") or run.path.name, "t0_unix_ns": run.t0_ns,
+               "clock": "rank 0's clock (aligned)"}, out)
+    out.write(', "traceEvents": [\n')
+    n = 0
+    for event in trace_events(run, **filters):
+        if n:
+            out.write(",\n")
+        out.write(json.dumps(event, separators=(",", ":")))
+        n += 1
+    out.write("\n]}\n")
+    return n
+
+
+def export(run_dir: str | Path, fmt: str = "chrome", output: str | Path | None = None, **filters) -> Path | None:
+    """Export ``run_dir`` to ``output`` (default ``<run_dir>/trace.json.gz``; ``-`` for stdout)."""
+    if fmt != "chrome":
+        raise ValueError(f"unknown export format {fmt!r}")
+    run = open_run(run_dir)
+    for p in run.problems:
+        print(f"tbdprof: note: {p}", file=sys.stderr)
+    if str(output) == "-":
+        write_chrome_trace(run, sys.stdout, **filters)
+        return None
+    path = Path(output) if output else Path(run_dir) / "trace.json.gz"
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "wt", encoding="utf-8") as f:
+        n = write_chrome_trace(run, f, **filters)
+    print(f"tbdprof: wrote {n} events to {path}", file=sys.stderr)
+    return path

@@ -1,0 +1,33 @@
+"""Number formatting shared by the terminal summary, the HTML report and ``compare``."""
+
+from __future__ import annotations
+
+
+def fmt_bytes(n) -> str:
+    """``1.5 MiB``; ``-`` for None."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def fmt_rate(n) -> str:
+    """Bytes per second, ``12.0 MiB/s``."""
+    return "-" if n is None else fmt_bytes(n) + "/s"
+
+
+def fmt_s(x) -> str:
+    """Seconds shown in milliseconds."""
+    return "-" if x is None else f"{x * 1e3:.1f} ms"
+
+
+def fmt_pct(x, digits: int = 1) -> str:
+    """A fraction (0..1) as a percentage."""
+    return "-" if x is None else f"{x * 100:.{digits}f}%"
+
+
+def fmt_num(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"

@@ -1,0 +1,193 @@
+"""The self-contained ``report.html``: one file, plots inline as SVG, no scripts, no external resources.
+
+Every string that comes from the run (host names, environment values,
+options, problems) goes through :func:`html.escape`; plot labels are escaped
+by matplotlib's SVG writer.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+from tbdprof import schema
+
+from . import plots
+from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
+from .load import Run
+from .steps import step_series
+from .timeline import metric_series, span_series
+
+_CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
+td:first-child,th:first-child{text-align:left}.diff{background:#fff3cd}.note{color:#8a6d3b}
+.kpi{display:inline-block;margin:0 2em 1em 0}.kpi b{display:block;font-size:1.6em}figure{margin:1em 0}
+figure svg{max-width:100%;height:auto}nav a{margin-right:1em}"""
+
+SECTIONS = ("Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O", "Environment", "Ranks")
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _table(header: list[str], rows: list[list], classes: list[str] | None = None) -> str:
+    if not rows:
+        return '<p class="note">nothing recorded.</p>'
+    h = "".join(f"<th>{_esc(c)}</th>" for c in header)
+    body = []
+    for i, row in enumerate(rows):
+        cls = f' class="{classes[i]}"' if classes and classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>")
+    return f"<table><tr>{h}</tr>{''.join(body)}</table>"
+
+
+def _figure(svg: str | None, caption: str) -> str:
+    if not svg:
+        return f'<p class="note">{_esc(caption)}: nothing recorded.</p>'
+    return f'<figure role="img" aria-label="{_esc(caption)}">{svg}</figure>'
+
+
+def _timeline(run: Run, metric: str, title: str, unit: str, scale: float = 1.0) -> str:
+    return _figure(plots.lines(metric_series(run, metric, scale=scale), title, "s since run start", unit), title)
+
+
+def _section(name: str) -> str:
+    return f'<h2 id="{name.lower().replace(" ", "-").replace("/", "")}">{_esc(name)}</h2>'
+
+
+def _overview(summary: dict) -> list[str]:
+    st, tp, sp = summary["step_time_s"], summary["throughput"], summary["step_time_spread"]
+    kpis = [(f"throughput ({tp['unit']}/s)", fmt_num(tp["per_s"])), ("median step", fmt_s(st.get("median"))),
+            ("p90 step", fmt_s(st.get("p90"))), ("p99 step", fmt_s(st.get("p99"))),
+            ("rank spread", fmt_pct(sp.get("rank_spread"))), ("steps (after warm-up)", summary["steps"]),
+            ("exposed comm", fmt_pct(summary["comm_fraction"].get("exposed"))),
+            ("peak memory / rank", fmt_bytes(summary["memory_bytes"].get("peak")))]
+    out = [_section("Overview")]
+    notes = summary["problems"] + [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
+    notes += [f"ranks with no steady-state steps: {summary['ranks_without_steps']}"] * bool(summary["ranks_without_steps"])
+    out += [f'<p class="note">{_esc(p)}</p>' for p in notes]
+    out.append("".join(f'<div class="kpi">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in kpis))
+    return out
+
+
+def _breakdown(summary: dict) -> list[str]:
+    out = [_section("Step breakdown")]
+    bars = {f"rank {r}": b["stack_s_per_step"] for r, b in summary["breakdown"].items()}
+    out.append(_figure(plots.stacked_bars(bars, "ms per step: phases, exposed comm outside phases, idle", "ms per step", 1e-3),
+                       "step breakdown per rank"))
+    phases = list(summary["phase_fraction"])
+    out.append(_table(["rank", *phases, "step"], [
+        [r, *[f"{fmt_s(b['phase_s_per_step'].get(p))} ({fmt_pct(b['phase_fraction'].get(p, 0))})" for p in phases], fmt_s(b["step_s"])]
+        for r, b in summary["breakdown"].items()]))
+    out.append("<p>Communication runs beside the phases: <i>overlapped</i> is the part inside backward, "
+               "<i>exposed</i> the part no compute phase covers (docs/methodology.md).</p>")
+    out.append(_table(["rank", "comm / step", "overlapped", "hidden (any compute)", "exposed", "exposed share of step", "bytes / step"], [
+        [r, fmt_s(c["total"]), fmt_s(c["overlapped"]), fmt_s(c["hidden"]), fmt_s(c["exposed"]), fmt_pct(b["comm_fraction"]["exposed"]),
+         fmt_bytes(sum(v["bytes_per_step"] for v in b["comm"].values()) if b["comm"] else None)]
+        for r, b in summary["breakdown"].items() for c in [b["comm_s_per_step"]]]))
+    return out
+
+
+def _utilization(run: Run, summary: dict) -> list[str]:
+    util = summary["utilization"]
+    out = [_section("Utilization")]
+    out.append(_table(["rank", "host", "CPU avg (100% = 1 core)", "CPU max", "threads"], [
+        [r, u.get("host"), fmt_num(u.get("cpu.process_pct", {}).get("avg")) + "%", fmt_num(u.get("cpu.process_pct", {}).get("max")) + "%",
+         fmt_num(u.get("cpu.process_threads", {}).get("avg"), 0)] for r, u in util["per_rank"].items()]))
+    out.append(_table(["host", "cores", "system CPU avg", "iowait avg", "per-core avg"], [
+        [h, u.get("cores") or "-", fmt_num(u.get("cpu.system_pct", {}).get("avg")) + "%", fmt_num(u.get("cpu.iowait_pct", {}).get("avg")) + "%",
+         " ".join(f"{c}:{v['avg']:.0f}%" for c, v in u.get("per_core_pct", {}).items())] for h, u in util["per_host"].items()]))
+    out.append(_timeline(run, "cpu.process_pct", "rank CPU (100% = one core)", "%"))
+    out.append(_timeline(run, "cpu.system_pct", "host CPU (100% = all cores)", "%"))
+    out.append(_timeline(run, "cpu.core_pct", "per-core busy", "%"))
+    if not util["gpu_recorded"]:
+        out.append('<p class="note">GPU: not recorded in this run (no NVML device). FP32 utilization: unavailable.</p>')
+        return out
+    out.append(_table(["GPU", "rank", "compute util avg", "memory used max", "power avg", "FP32 util"], [
+        [g, u["rank"], fmt_num(u.get("util_pct", {}).get("avg")) + "%", fmt_bytes(u.get("mem_used_bytes", {}).get("max")),
+         fmt_num(u.get("power_w", {}).get("avg")) + " W", u["fp32_util"]] for g, u in util["gpus"].items()]))
+    out.append(_timeline(run, "gpu.util_pct", "GPU compute utilization", "%"))
+    out.append(_timeline(run, "gpu.power_w", "GPU power", "W"))
+    return out
+
+
+def _memory(run: Run, summary: dict) -> list[str]:
+    out = [_section("Memory")]
+    mem_bars = {f"rank {r}": {c: m[c] for c in schema.MEMORY_CATEGORIES} for r, m in summary["memory"].items()}
+    out.append(_figure(plots.stacked_bars(mem_bars, "memory breakdown (median step)", "MiB", plots.MB), "memory breakdown per rank"))
+    cols = (*schema.MEMORY_CATEGORIES, "peak")
+    out.append(_table(["rank", "device", *cols], [[r, m["device"], *[fmt_bytes(m[c]) for c in cols]] for r, m in summary["memory"].items()]))
+    out.append(_timeline(run, "mem.rss_bytes", "resident memory (RSS) per rank", "MiB", plots.MB))
+    if summary["utilization"]["gpu_recorded"]:
+        out.append(_timeline(run, "gpu.mem_used_bytes", "GPU memory used", "MiB", plots.MB))
+        out.append(_timeline(run, "torch.allocated_bytes", "torch allocator: allocated", "MiB", plots.MB))
+    return out
+
+
+def _network(run: Run, summary: dict) -> list[str]:
+    net = summary["network"]
+    out = [_section("Network")]
+    out.append(_timeline(run, "net.bytes_sent", "bytes sent per host and interface", "MiB/s", plots.MB))
+    out.append(_timeline(run, "net.bytes_recv", "bytes received per host and interface", "MiB/s", plots.MB))
+    out.append(_table(["host", "interface", "sent", "received", "sent/s", "received/s", "sent / step", "received / step"], [
+        [h, nic, fmt_bytes(v.get("bytes_sent")), fmt_bytes(v.get("bytes_recv")), fmt_rate(v.get("sent_bytes_per_s")),
+         fmt_rate(v.get("recv_bytes_per_s")), fmt_bytes(v.get("sent_bytes_per_step")), fmt_bytes(v.get("recv_bytes_per_step"))]
+        for h, nics in net["interfaces"].items() for nic, v in nics.items()]))
+    link = net["link_bytes_per_s"]
+    out.append(f"<p>Achieved collective bandwidth from the communication spans (nccl-tests definitions); link capacity: "
+               f"{_esc(fmt_rate(link) if link else 'unknown (pass --link-bandwidth)')}.</p>")
+    out.append(_table(["collective", "rank", "calls", "bytes", "busy", "algbw", "busbw", "busbw / link"], [
+        [name, r, c["calls"], fmt_bytes(c["bytes"]), fmt_s(c["busy_s"]), fmt_rate(c["algbw_bytes_per_s"]),
+         fmt_rate(c["busbw_bytes_per_s"]), fmt_pct(c["link_fraction"]) if link else "unknown"]
+        for name, coll in net["collectives"].items() for r, c in [("all", coll), *coll["per_rank"].items()]]))
+    return out
+
+
+def _io(run: Run, summary: dict) -> list[str]:
+    out = [_section("I/O")]
+    out.append(_table(["rank", "data wait / step", "data wait share", "read (syscalls)/s", "read (storage)/s", "written/s"], [
+        [r, fmt_s(v.get("data_wait", {}).get("s_per_step")), fmt_pct(v.get("data_wait", {}).get("fraction")),
+         fmt_rate(v.get("read_chars", {}).get("per_s")), fmt_rate(v.get("read_bytes", {}).get("per_s")),
+         fmt_rate(v.get("write_bytes", {}).get("per_s"))] for r, v in summary["io"]["per_rank"].items()]))
+    out.append(_figure(plots.lines(span_series(run, f"kind = 'phase' AND name = '{schema.PHASE_DATA}'"), "data wait per step",
+                                   "s since run start", "ms", 1e-3), "data wait over time"))
+    out.append(_timeline(run, "io.read_chars", "bytes read by rank and loader workers (syscalls)", "MiB/s", plots.MB))
+    out.append(_timeline(run, "disk.read_bytes", "disk reads", "MiB/s", plots.MB))
+    out.append(_timeline(run, "disk.write_bytes", "disk writes", "MiB/s", plots.MB))
+    return out
+
+
+def _environment(summary: dict) -> list[str]:
+    env = summary["environment"]
+    out = [_section("Environment")]
+    out.append(_table(["setting", *[f"rank {r}" for r in env["ranks"]]], [[row["key"], *row["values"]] for row in env["rows"]],
+                      ["diff" if row["differs"] else "" for row in env["rows"]]))
+    if env["differences"]:
+        out.append(f'<p class="note">Highlighted rows differ between ranks: {_esc(", ".join(env["differences"]))}.</p>')
+    out.append(_section("Ranks"))
+    out.append(_table(["rank", "host", "status", "steps", "median step", "clock offset (us)", "+-"], [
+        [r["rank"], r["host"], r["status"], r["steps_recorded"], fmt_s(r["median_step_s"]),
+         "-" if r["clock_offset_ns"] is None else f"{r['clock_offset_ns'] / 1e3:.1f}",
+         "-" if r["clock_uncertainty_ns"] is None else f"{r['clock_uncertainty_ns'] / 1e3:.1f}"] for r in summary["ranks"]]))
+    return out
+
+
+def render_html(run: Run, summary: dict) -> str:
+    """The report as one HTML string."""
+    run_meta = summary["run"]
+    title = f"tbdprof report: {run_meta.get('run_id') or run.path.name}"
+    nav = "".join(f'<a href="#{s.lower().replace(" ", "-").replace("/", "")}">{_esc(s)}</a>' for s in SECTIONS)
+    parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{_esc(title)}</h1>",
+             f"<p>workload {_esc(run_meta.get('workload'))}, preset {_esc(run_meta.get('preset'))}, {summary['world_size']} ranks on "
+             f"{len(summary['hosts'])} host(s): {_esc(', '.join(summary['hosts']))}; generated {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+             f"<nav>{nav}</nav>"]
+    parts += _overview(summary)
+    parts.append(_section("Step time"))
+    parts.append(_figure(plots.lines(step_series(run), "step time", "s since run start", "ms", 1e-3), "step time over the run"))
+    parts += _breakdown(summary) + _utilization(run, summary) + _memory(run, summary) + _network(run, summary)
+    parts += _io(run, summary) + _environment(summary)
+    parts.append("</body></html>")
+    return "\n".join(parts)

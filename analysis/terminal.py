@@ -1,0 +1,76 @@
+"""The terminal summary of a run: rich tables over the dict :func:`.report.summarize` returns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tbdprof import schema
+
+from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
+def print_summary(summary: dict, run_dir: Path, file=None) -> None:
+    """Print the headline figures and one table per analysis."""
+    from rich.console import Console
+
+    con = Console(file=file or sys.stdout, width=120, highlight=False)
+    run = summary["run"]
+    con.print(f"[bold]tbdprof report[/bold]  {run.get('run_id') or run_dir.name}  "
+              f"workload={run.get('workload') or '-'} preset={run.get('preset') or '-'}  "
+              f"ranks={summary['world_size']} hosts={len(summary['hosts'])}", markup=True)
+    notes = list(summary["problems"])
+    notes += [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
+    notes += [f"ranks that did not finish cleanly: {summary['incomplete_ranks']}"] * bool(summary["incomplete_ranks"])
+    notes += [f"ranks with no steady-state steps: {summary['ranks_without_steps']}"] * bool(summary["ranks_without_steps"] and summary["steps"])
+    for note in notes:
+        con.print("note: " + note, markup=False, style="yellow")
+    if not summary["steps"]:
+        con.print("no training steps were recorded (after warm-up); system timelines only")
+    else:
+        st, tp, sp = summary["step_time_s"], summary["throughput"], summary["step_time_spread"]
+        con.print(f"throughput {fmt_num(tp['per_s'])} {tp['unit']}/s   step time median {fmt_s(st['median'])}  "
+                  f"p90 {fmt_s(st['p90'])}  p99 {fmt_s(st['p99'])}  cv {fmt_pct(sp.get('cv'))}  "
+                  f"rank spread {fmt_pct(sp.get('rank_spread'))}   ({summary['steps']} steps after {summary['warmup_steps']} warm-up)",
+                  markup=False)
+    phases = list(summary["phase_fraction"])
+    con.print(_table("step breakdown (fraction of step time; comm runs beside the phases)",
+                     ["rank", *phases, "step", "comm", "overlapped", "exposed"],
+                     [[rank, *[fmt_pct(b["phase_fraction"].get(p, 0)) for p in phases], fmt_s(b["step_s"]),
+                       fmt_s(b["comm_s_per_step"]["total"]), fmt_s(b["comm_s_per_step"]["overlapped"]),
+                       fmt_s(b["comm_s_per_step"]["exposed"])] for rank, b in summary["breakdown"].items()]))
+    if summary["memory"]:
+        cols = [*schema.MEMORY_CATEGORIES, "peak"]
+        con.print(_table("memory per step (median after warm-up)", ["rank", *cols],
+                         [[rank, *[fmt_bytes(m[c]) for c in cols]] for rank, m in summary["memory"].items()]))
+    util, io = summary["utilization"], summary["io"]["per_rank"]
+    rows = [[f"rank {r}", fmt_num(u.get("cpu.process_pct", {}).get("avg"), 0) + "%", fmt_num(u.get("cores", {}).get("avg"), 2),
+             fmt_rate(io.get(r, {}).get("read_chars", {}).get("per_s")), fmt_pct(io.get(r, {}).get("data_wait", {}).get("fraction"))]
+            for r, u in util["per_rank"].items()]
+    rows += [[f"host {h}", fmt_num(u.get("cpu.system_pct", {}).get("avg"), 0) + "%", fmt_num(u.get("cores"), 0), "", ""]
+             for h, u in util["per_host"].items()]
+    rows += [[f"gpu {g}", fmt_num(u.get("util_pct", {}).get("avg"), 0) + "%", "", "", ""] for g, u in util["gpus"].items()]
+    con.print(_table("utilization (steady-state average)", ["who", "CPU / GPU", "cores", "read (syscalls)", "data wait"], rows))
+    net = summary["network"]
+    rows = [[f"{h} {nic}", fmt_rate(v.get("sent_bytes_per_s")), fmt_rate(v.get("recv_bytes_per_s")),
+             fmt_bytes(v.get("sent_bytes_per_step")), fmt_bytes(v.get("bytes_sent"))]
+            for h, nics in net["interfaces"].items() for nic, v in nics.items() if v.get("bytes_sent") or v.get("bytes_recv")]
+    if rows:
+        con.print(_table("network (steady state)", ["host interface", "sent", "received", "sent / step", "sent total"], rows))
+    link = net["link_bytes_per_s"]
+    rows = [[name, str(c["calls"]), fmt_bytes(c["bytes"]), fmt_rate(c["algbw_bytes_per_s"]), fmt_rate(c["busbw_bytes_per_s"]),
+             fmt_pct(c["link_fraction"]) if link else "unknown"] for name, c in net["collectives"].items()]
+    if rows:
+        con.print(_table(f"collectives (link {fmt_rate(link) if link else 'unknown'})",
+                         ["collective", "calls", "bytes", "algbw", "busbw", "busbw / link"], rows))
