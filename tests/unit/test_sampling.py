@@ -147,6 +147,7 @@ def test_unchanged_counters_are_not_repeated():
 
     out = deque()
     t = SamplingThread([Flat()], out, hz=100)
+    t._start_samplers()
     for _ in range(5):
         t.tick()
     metrics = [r[1] for r in out]
