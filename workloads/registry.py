@@ -10,6 +10,13 @@ from .base import Workload
 # listing workloads does not build models).
 _MODULES = {
     "resnet50": "tbdprof.workloads.resnet",
+    "inception_v3": "tbdprof.workloads.inception",
+    "seq2seq": "tbdprof.workloads.seq2seq",
+    "transformer": "tbdprof.workloads.transformer",
+    "faster_rcnn": "tbdprof.workloads.faster_rcnn",
+    "deepspeech2": "tbdprof.workloads.deepspeech2",
+    "wgan": "tbdprof.workloads.wgan",
+    "a3c": "tbdprof.workloads.a3c",
 }
 _REGISTRY: dict[str, type[Workload]] = {}
 
