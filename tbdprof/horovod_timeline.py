@@ -68,7 +68,7 @@ def read_records(text: str) -> tuple[list[dict], int]:
 
 def _nbytes(args: dict) -> int | None:
     dims = re.findall(r"\d+", args.get("shape", ""))
-    size = _DTYPE_BYTES.get(args.get("dtype", "").removeprefix("HOROVOD_"))
+    size = _DTYPE_BYTES.get(args.get("dtype", "").upper().removeprefix("HOROVOD_"))
     if size is None or "shape" not in args:
         return None
     n = size

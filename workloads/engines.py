@@ -5,7 +5,10 @@ A workload does not change between engines; only this wrapper does.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 
 class Engine:
@@ -53,11 +56,98 @@ class DDPEngine(Engine):
             dist.destroy_process_group()
 
 
-ENGINES: dict[str, type[Engine]] = {"ddp": DDPEngine}
-
-
 class EngineUnavailable(RuntimeError):
     """The engine's library is not installed (message says how to install it)."""
+
+
+HOROVOD_MISSING = "Horovod is not installed in this environment: run `make horovod` (builds it once per machine)"
+TIMELINE_FILE = "horovod_timeline.json"
+
+
+class HorovodEngine(Engine):
+    """Horovod (``horovod.torch``): gloo or MPI, whichever its launcher set up.
+
+    Rank 0's model and optimizer state are broadcast, and the optimizer is
+    wrapped in ``DistributedOptimizer``. With ``--horovod-timeline`` rank 0's
+    Horovod timeline is ingested into the run's store at shutdown.
+    """
+
+    name = "horovod"
+
+    def setup(self) -> None:
+        try:
+            import horovod.torch as hvd
+        except ImportError:
+            raise EngineUnavailable(HOROVOD_MISSING) from None
+        self.hvd = hvd
+        self.run_dir = os.environ.get("TBDPROF_RUN_DIR")
+        if os.environ.get("TBDPROF_HOROVOD_TIMELINE") and not self.run_dir:
+            raise EngineUnavailable("--horovod-timeline needs the run folder: launch with tbdprof or pass --run-id")
+        if os.environ.get("TBDPROF_HOROVOD_TIMELINE"):
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            os.environ["HOROVOD_TIMELINE"] = str(Path(self.run_dir).resolve() / TIMELINE_FILE)
+        hvd.init()
+        if hvd.size() > 1 and not self.run_dir:
+            raise EngineUnavailable("a Horovod job needs one run folder for all ranks: pass --run-id")
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(hvd.local_rank())
+
+    def wrap(self, model, optimizer):
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        # Horovod 0.28's zero_grad() takes no argument; torch loops pass set_to_none.
+        own_zero_grad = super(type(optimizer), optimizer).zero_grad
+        optimizer.zero_grad = lambda set_to_none=True: own_zero_grad(set_to_none=set_to_none)
+        return model, optimizer
+
+    def shutdown(self) -> None:
+        rank = self.hvd.rank()
+        self.hvd.shutdown()  # also flushes and closes the timeline
+        timeline = os.environ.get("HOROVOD_TIMELINE")
+        if rank == 0 and timeline and Path(timeline).is_file() and self.run_dir:
+            from tbdprof.horovod_timeline import ingest
+
+            got = ingest(timeline, self.run_dir, self.info.host)
+            print(f"tbdprof: Horovod timeline: {got.spans} spans for {got.tensors} tensors" + (f" ({got.dropped})" if got.dropped else ""), file=sys.stderr)
+
+
+ENGINES: dict[str, type[Engine]] = {"ddp": DDPEngine, "horovod": HorovodEngine}
+
+
+def check_available(name: str) -> None:
+    """Raise :class:`EngineUnavailable` if engine ``name``'s library cannot be found (no import)."""
+    if name == "horovod" and importlib.util.find_spec("horovod") is None:
+        raise EngineUnavailable(HOROVOD_MISSING)
+
+
+def engine_env(args) -> dict[str, str]:
+    """Check the engine is installed; environment variables for its options in ``args``.
+
+    Horovod reads its tunables (and ``HOROVOD_TIMELINE``) at ``hvd.init()``: set
+    in the launching process they reach every rank. A Horovod job's ranks
+    share the run folder ``--out/--run-id`` when no tbdprof launcher set one.
+    """
+    check_available(args.engine)
+    env = {}
+    if args.fusion_threshold_mb is not None:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(int(args.fusion_threshold_mb * 1024 * 1024))
+    if args.cycle_time_ms is not None:
+        env["HOROVOD_CYCLE_TIME"] = str(args.cycle_time_ms)
+    if args.hierarchical_allreduce:
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = "1"
+    if args.horovod_timeline:
+        env["TBDPROF_HOROVOD_TIMELINE"] = "1"
+    if args.engine != "horovod":
+        if env:
+            raise EngineUnavailable("--fusion-threshold-mb, --cycle-time-ms, --hierarchical-allreduce and --horovod-timeline need --engine horovod")
+        return env
+    if args.run_id and "TBDPROF_RUN_DIR" not in os.environ and getattr(args, "out", None):
+        env["TBDPROF_RUN_DIR"] = str(Path(args.out) / args.run_id)
+    return env
 
 
 def get_engine(name: str, info, device) -> Engine:

@@ -47,6 +47,11 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     from .engines import ENGINES
 
     p.add_argument("--engine", default="ddp", choices=sorted(ENGINES), help="distributed engine (default ddp)")
+    hvd = p.add_argument_group("Horovod (--engine horovod)")
+    hvd.add_argument("--fusion-threshold-mb", type=float, default=None, help="tensor fusion buffer (HOROVOD_FUSION_THRESHOLD)")
+    hvd.add_argument("--cycle-time-ms", type=float, default=None, help="background cycle time (HOROVOD_CYCLE_TIME)")
+    hvd.add_argument("--hierarchical-allreduce", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
+    hvd.add_argument("--horovod-timeline", action="store_true", help="record Horovod's timeline into the run's store")
     p.add_argument("--no-profile", action="store_true", help="run the same loop without the profiler (baseline)")
 
 
@@ -83,6 +88,12 @@ def validate(args) -> tuple:
         raise UsageError("--warmup and --num-workers must not be negative")
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
+    from .engines import EngineUnavailable, engine_env
+
+    try:
+        os.environ.update(engine_env(args))  # also checks the engine is installed
+    except EngineUnavailable as e:
+        raise UsageError(str(e)) from None
     preset = wl.presets[args.preset]
     problem = wl.check_batch_size(preset, args.batch_size or preset.batch_size)
     if problem:
