@@ -1,9 +1,10 @@
 """Chrome Trace Event export (Perfetto UI, chrome://tracing), streamed in constant memory.
 
 Layout: one process (``pid``) per rank, named ``rank R (host)``; threads
-(``tid``) ``steps`` (1), ``phases`` (2), ``marks`` (3) and ``comm`` lanes
-(10, 11, ...: overlapping communication spans are spread over lanes so that
-slices on one thread never partially overlap). Spans are complete events
+(``tid``) ``steps`` (1) and ``phases`` (2), then lanes from 10 up for every
+other span kind (``comm 0``, ``comm 1``, ``mark 0``, ``hvd 0``...): spans of
+those kinds may overlap, so each goes to the first lane of its kind that is
+free at its start, and slices on one thread never partially overlap. Spans are complete events
 (``"ph": "X"``); samples are counter events (``"ph": "C"``), one track per
 metric and device, counters as per-second rates. ``ts`` and ``dur`` are
 microseconds since the run's first timestamp on the aligned clock; that zero,
@@ -27,8 +28,9 @@ from tbdprof import schema
 from .load import Run, open_run
 from .timeline import is_counter, label, rate_sql
 
-TID_STEPS, TID_PHASES, TID_MARKS, TID_COMM = 1, 2, 3, 10
-_KIND_TID = {schema.KIND_STEP: TID_STEPS, schema.KIND_PHASE: TID_PHASES, schema.KIND_MARK: TID_MARKS}
+TID_STEPS, TID_PHASES, TID_LANES = 1, 2, 10
+_KIND_TID = {schema.KIND_STEP: TID_STEPS, schema.KIND_PHASE: TID_PHASES}
+_NESTED = f"kind IN ('{schema.KIND_STEP}', '{schema.KIND_PHASE}')"
 BATCH_ROWS = 50_000
 
 
@@ -63,36 +65,33 @@ def trace_events(run: Run, ranks: list[int] | None = None, start_s: float | None
         host = run.ranks[rank].get("host", "?")
         yield {"ph": "M", "name": "process_name", "pid": rank, "tid": 0, "args": {"name": f"rank {rank} ({host})"}}
         yield {"ph": "M", "name": "process_sort_index", "pid": rank, "tid": 0, "args": {"sort_index": rank}}
-        for tid, name in ((TID_STEPS, "steps"), (TID_PHASES, "phases"), (TID_MARKS, "marks")):
+        for tid, name in ((TID_STEPS, "steps"), (TID_PHASES, "phases")):
             yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": tid, "args": {"name": name}}
     span_where, params = _filters(ranks, start_s, end_s, t0, "start_ns", "end_ns")
     cols = "rank, step, name, kind, start_ns, end_ns, bytes, items"
-    yield from _slices(run, f"SELECT {cols} FROM spans WHERE kind <> 'comm' AND {span_where}", params, t0, None)
-    lanes: dict[int, list[int]] = {}
-    yield from _slices(run, f"SELECT {cols} FROM spans WHERE kind = 'comm' AND {span_where} ORDER BY rank, start_ns", params, t0, lanes)
+    yield from _slices(run, f"SELECT {cols} FROM spans WHERE {_NESTED} AND {span_where}", params, t0, None)
+    yield from _slices(run, f"SELECT {cols} FROM spans WHERE NOT {_NESTED} AND {span_where} ORDER BY rank, start_ns", params, t0, {})
     sample_where, params = _filters(ranks, start_s, end_s, t0, "ts_ns", "ts_ns")
     yield from _counters(run, sample_where, params, t0)
 
 
-def _slices(run: Run, query: str, params: list, t0: int, lanes: dict[int, list[int]] | None) -> Iterator[dict]:
-    """Complete events; with ``lanes`` (rank -> end of the last slice per lane) comm spans get a free lane."""
+def _slices(run: Run, query: str, params: list, t0: int, lanes: dict | None) -> Iterator[dict]:
+    """Complete events. With ``lanes`` (rows sorted by rank and start) each span takes the first
+    free lane of its kind: ``lanes[rank][kind]`` is a list of [tid, end of its last slice]."""
     for b in _batches(run, query, params):
         for rank, step, name, kind, start, end, nbytes, items in zip(*b.values()):
-            args = {"step": step}
-            if nbytes is not None:
-                args["bytes"] = nbytes
-            if items is not None:
-                args["items"] = items
+            args = {k: v for k, v in (("step", step), ("bytes", nbytes), ("items", items)) if v is not None}
             if lanes is None:
-                tid = _KIND_TID.get(kind, TID_MARKS)
+                tid = _KIND_TID[kind]
             else:
-                ends = lanes.setdefault(rank, [])
-                lane = next((i for i, e in enumerate(ends) if e <= start), len(ends))
-                if lane == len(ends):
-                    ends.append(end)
-                    yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": TID_COMM + lane, "args": {"name": f"comm {lane}"}}
-                ends[lane] = end
-                tid = TID_COMM + lane
+                mine = lanes.setdefault(rank, {})
+                free = next((lane for lane in mine.get(kind, []) if lane[1] <= start), None)
+                if free is None:
+                    free = [TID_LANES + sum(map(len, mine.values())), end]
+                    mine.setdefault(kind, []).append(free)
+                    yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": free[0], "args": {"name": f"{kind} {len(mine[kind]) - 1}"}}
+                free[1] = end
+                tid = free[0]
             yield {"ph": "X", "name": name, "cat": kind, "pid": rank, "tid": tid,
                    "ts": (start - t0) / 1e3, "dur": max(0, end - start) / 1e3, "args": args}
 

@@ -133,17 +133,17 @@ def open_run(path: str | Path) -> Run:
     return run
 
 
-def _clock_params(run: Run) -> list[tuple[int, float, float, float]]:
+def _clock_params(run: Run) -> list[tuple[int, float, float, int]]:
     """(rank, offset at t0, drift per ns, t0) for each rank."""
     rows = []
     for rank, m in run.ranks.items():
         c = m.get("clock") or {}
         start, end = c.get("start"), c.get("end")
         if not start and not end:
-            rows.append((rank, 0.0, 0.0, 0.0))
+            rows.append((rank, 0.0, 0.0, 0))
             continue
-        t0 = float((start or end)["at_ns"])
-        a = clock.offset_at(start, end, int(t0))
+        t0 = int((start or end)["at_ns"])
+        a = clock.offset_at(start, end, t0)
         b = 0.0
         if start and end and end["at_ns"] != start["at_ns"]:
             b = (end["offset_ns"] - start["offset_ns"]) / (end["at_ns"] - start["at_ns"])
@@ -155,7 +155,7 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET threads TO 2")
     con.execute("SET enable_progress_bar = false")
-    con.execute("CREATE TABLE clock(rank BIGINT, a DOUBLE, b DOUBLE, t0 DOUBLE)")
+    con.execute("CREATE TABLE clock(rank BIGINT, a DOUBLE, b DOUBLE, t0 BIGINT)")
     con.executemany("INSERT INTO clock VALUES (?, ?, ?, ?)", _clock_params(run))
     for table, cols in TIME_COLUMNS.items():
         paths = run.files[table]
@@ -165,7 +165,7 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
             continue
         plist = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
         shifted = ", ".join(
-            f"CAST(t.{c} + c.a + c.b * (t.{c} - c.t0) AS BIGINT) AS {c}" for c in cols
+            f"t.{c} + CAST(round(c.a + c.b * (t.{c} - c.t0)) AS BIGINT) AS {c}" for c in cols  # integer add: no rounding of epoch ns
         )
         con.execute(
             f"CREATE VIEW {table} AS SELECT t.* REPLACE ({shifted}) FROM "
