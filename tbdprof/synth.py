@@ -1,0 +1,185 @@
+"""A deterministic synthetic run in the tbdprof store format, for scale tests.
+
+``python -m tbdprof.synth --ranks 64 --hours 1 --out DIR`` writes what a
+64-rank job would record in an hour at the defaults: 10 steps/s with
+data_wait/h2d/forward/backward/optimizer phases and one allreduce per step,
+10 Hz samples (process metrics on every rank, host metrics on each host's
+local rank 0), and a memory row per step. Files are laid out as the writer
+leaves them after compaction (one range file per table per ``--file-minutes``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import schema, store
+from .writer import PARQUET_OPTIONS
+
+T0_NS = 1_780_000_000_000_000_000  # a fixed epoch: same bytes on every run
+PHASES = (("data_wait", 0.05), ("h2d", 0.02), ("forward", 0.30), ("backward", 0.45), ("optimizer", 0.08))
+PROCESS_METRICS = ("cpu.process_pct", "cpu.process_threads", "mem.rss_bytes", "io.read_bytes", "io.write_bytes", "io.read_chars", "io.write_chars")
+GRAD_BYTES = 25_557_032 * 4
+
+
+def _dict(values: np.ndarray) -> pa.DictionaryArray:
+    return pa.array(values, type=pa.string()).dictionary_encode()
+
+
+def _spans(rng, rank, first_step, n_steps, step_ns):
+    steps = np.arange(first_step, first_step + n_steps, dtype=np.int64)
+    jitter = rng.normal(1.0, 0.03, n_steps).clip(0.8, 1.5)
+    dur = (step_ns * jitter).astype(np.int64)
+    starts = T0_NS + steps * step_ns
+    cols = {k: [] for k in ("step", "name", "kind", "start_ns", "end_ns", "bytes", "items")}
+
+    def add(name, kind, s, e, nbytes=None, items=None):
+        cols["step"].append(steps)
+        cols["name"].append(np.full(n_steps, name, dtype=object))
+        cols["kind"].append(np.full(n_steps, kind, dtype=object))
+        cols["start_ns"].append(s)
+        cols["end_ns"].append(e)
+        cols["bytes"].append(np.full(n_steps, nbytes) if nbytes is not None else np.full(n_steps, None, dtype=object))
+        cols["items"].append(np.full(n_steps, items) if items is not None else np.full(n_steps, None, dtype=object))
+
+    add("step", schema.KIND_STEP, starts, starts + dur, items=32)
+    t = starts.copy()
+    bwd = None
+    for name, frac in PHASES:
+        e = t + (dur * frac).astype(np.int64)
+        add(name, schema.KIND_PHASE, t, e)
+        if name == "backward":
+            bwd = (t, e)
+        t = e
+    add(schema.COMM_ALLREDUCE, schema.KIND_COMM, bwd[0] + (bwd[1] - bwd[0]) // 3, bwd[1], nbytes=GRAD_BYTES)
+    arrays = [
+        pa.array(np.concatenate(cols["step"]), pa.int64()),
+        _dict(np.concatenate(cols["name"])),
+        _dict(np.concatenate(cols["kind"])),
+        pa.array(np.concatenate(cols["start_ns"]), pa.int64()),
+        pa.array(np.concatenate(cols["end_ns"]), pa.int64()),
+        pa.array(np.concatenate(cols["bytes"]), pa.int64()),
+        pa.array(np.concatenate(cols["items"]), pa.int64()),
+    ]
+    return arrays
+
+
+def _samples(rng, host_rank: bool, first_tick, n_ticks, tick_ns, cores: int, nics: tuple[str, ...]):
+    ts = T0_NS + np.arange(first_tick, first_tick + n_ticks, dtype=np.int64) * tick_ns
+    series: list[tuple[str, str, np.ndarray]] = []
+    growth = np.arange(first_tick, first_tick + n_ticks, dtype=np.float64)
+    series.append(("cpu.process_pct", "", rng.normal(95, 5, n_ticks)))
+    series.append(("cpu.process_threads", "", np.full(n_ticks, 24.0)))
+    series.append(("mem.rss_bytes", "", np.full(n_ticks, 3.2e9) + rng.normal(0, 1e6, n_ticks)))
+    series.append(("io.read_bytes", "", growth * 4.9e6))
+    series.append(("io.write_bytes", "", growth * 1e3))
+    series.append(("io.read_chars", "", growth * 5e6))
+    series.append(("io.write_chars", "", growth * 2e3))
+    if host_rank:
+        for c in range(cores):
+            series.append(("cpu.core_pct", str(c), rng.uniform(60, 100, n_ticks)))
+        series.append(("cpu.system_pct", "", rng.uniform(70, 95, n_ticks)))
+        series.append(("cpu.iowait_pct", "", rng.uniform(0, 2, n_ticks)))
+        series.append(("cpu.runnable", "", rng.integers(8, 20, n_ticks).astype(np.float64)))
+        series.append(("mem.used_bytes", "", np.full(n_ticks, 60e9)))
+        series.append(("mem.available_bytes", "", np.full(n_ticks, 450e9)))
+        for nic in nics:
+            series.append(("net.bytes_sent", nic, growth * GRAD_BYTES * 1.75))
+            series.append(("net.bytes_recv", nic, growth * GRAD_BYTES * 1.75))
+            series.append(("net.packets_sent", nic, growth * 60_000))
+            series.append(("net.packets_recv", nic, growth * 60_000))
+        series.append(("disk.read_bytes", "nvme0n1", growth * 4.9e6 * 8))
+        series.append(("disk.write_bytes", "nvme0n1", growth * 1e4))
+    n = len(series)
+    return [
+        pa.array(np.tile(ts, n), pa.int64()),
+        _dict(np.repeat(np.array([m for m, _, _ in series], dtype=object), n_ticks)),
+        _dict(np.repeat(np.array([d for _, d, _ in series], dtype=object), n_ticks)),
+        pa.array(np.concatenate([v for _, _, v in series]), pa.float64()),
+    ]
+
+
+def _memory(rng, first_step, n_steps, step_ns):
+    steps = np.arange(first_step, first_step + n_steps, dtype=np.int64)
+    w = np.full(n_steps, GRAD_BYTES, dtype=np.int64)
+    act = (rng.normal(5.2e9, 1e7, n_steps)).astype(np.int64)
+    other = np.full(n_steps, 400_000_000, dtype=np.int64)
+    total = 3 * w + act + other
+    return [
+        pa.array(steps, pa.int64()),
+        pa.array(T0_NS + (steps + 1) * step_ns, pa.int64()),
+        _dict(np.full(n_steps, "cuda:0", dtype=object)),
+        pa.array(w), pa.array(w), pa.array(2 * w), pa.array(act), pa.array(other), pa.array(total),
+        pa.array(total + 100_000_000),
+    ]
+
+
+def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int = 8, steps_per_s: float = 10.0,
+             sample_hz: float = 10.0, file_minutes: int = 10, seed: int = 0) -> Path:
+    """Write the synthetic run into ``out`` (must not exist) and return it."""
+    out = Path(out)
+    out.mkdir(parents=True)
+    run_id = out.name
+    duration_s = hours * 3600
+    step_ns, tick_ns = int(1e9 / steps_per_s), int(1e9 / sample_hz)
+    chunk_s = file_minutes * 60
+    store.write_json_atomic(out / schema.RUN_FILE, {
+        "run_id": run_id, "schema_version": schema.SCHEMA_VERSION, "world_size": ranks, "launcher": "synthetic",
+        "workload": "resnet50", "preset": "full", "status": "complete", "profiled": True,
+    })
+    for rank in range(ranks):
+        host, local = f"node{rank // ranks_per_host:03d}", rank % ranks_per_host
+        rdir = store.rank_dir(out, host, rank)
+        rdir.mkdir(parents=True)
+        rng = np.random.default_rng((seed, rank))
+        n_files = int(np.ceil(duration_s / chunk_s))
+        for i in range(n_files):
+            t_a, t_b = i * chunk_s, min(duration_s, (i + 1) * chunk_s)
+            first_step, n_steps = int(t_a * steps_per_s), int((t_b - t_a) * steps_per_s)
+            first_tick, n_ticks = int(t_a * sample_hz), int((t_b - t_a) * sample_hz)
+            parts = {
+                schema.SPANS: _spans(rng, rank, first_step, n_steps, step_ns),
+                schema.SAMPLES: _samples(rng, local == 0, first_tick, n_ticks, tick_ns, 16, ("eth0", "ib0")),
+                schema.MEMORY: _memory(rng, first_step, n_steps, step_ns),
+            }
+            for table, arrays in parts.items():
+                sch = schema.table_schema(table, run_id, rank, host)
+                name = store.segment_name(table, i * 100 + 1, i * 100 + 100)
+                pq.write_table(pa.Table.from_arrays(arrays, schema=sch), rdir / name, **PARQUET_OPTIONS)
+        store.write_json_atomic(rdir / schema.RANK_FILE, {
+            "schema_version": schema.SCHEMA_VERSION, "run_id": run_id, "rank": rank, "world_size": ranks,
+            "local_rank": local, "local_world_size": ranks_per_host, "launcher": "synthetic", "host": host,
+            "status": "complete", "start_ns": T0_NS, "end_ns": T0_NS + int(duration_s * 1e9), "warmup_steps": 2,
+            "sample_hz": sample_hz, "steps": int(duration_s * steps_per_s),
+            "clock": {"start": {"offset_ns": 0, "uncertainty_ns": 20_000, "at_ns": T0_NS, "rounds": 16}},
+            "env": {"python": "3.11.7", "torch": "2.13.0", "env": {"OMP_NUM_THREADS": "8"}},
+            "metadata": {"workload": "resnet50", "batch_size": 32, "global_batch_size": 32 * ranks, "params": 25_557_032},
+        })
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tbdprof.synth", description=__doc__.splitlines()[0])
+    p.add_argument("--ranks", type=int, default=64)
+    p.add_argument("--hours", type=float, default=1.0)
+    p.add_argument("--ranks-per-host", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.ranks < 1 or args.hours <= 0 or args.ranks_per_host < 1:
+        print("tbdprof.synth: error: --ranks, --hours and --ranks-per-host must be positive", file=sys.stderr)
+        return 2
+    if Path(args.out).exists():
+        print(f"tbdprof.synth: error: {args.out} already exists", file=sys.stderr)
+        return 2
+    generate(Path(args.out), args.ranks, args.hours, args.ranks_per_host, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
