@@ -1,0 +1,44 @@
+"""compare: figure-by-figure relative differences and environment differences."""
+
+import json
+
+import pytest
+from storebuilder import gauge, steps, write_rank, write_run
+
+from tbdprof import cli
+from tbdprof.analysis.compare import compare_runs, compare_summaries
+
+
+def _run(path, step_ms, omp):
+    write_run(path, 1, workload="w", preset="tiny")
+    write_rank(path, spans=steps(10, step_ms, phases={"forward": (0, step_ms / 2)}), samples=gauge("cpu.process_pct", [80] * 10),
+               env={"python": "3.11", "torch": "2.13", "torch_threads": omp, "env": {"OMP_NUM_THREADS": str(omp)}})
+    return path
+
+
+def test_relative_differences_and_environment(tmp_path):
+    a, b = _run(tmp_path / "a", 100, 1), _run(tmp_path / "b", 200, 4)
+    result = compare_runs(a, b)
+    rows = {r["figure"]: r for r in result["figures"]}
+    assert rows["throughput (samples/s)"]["relative"] == pytest.approx(-0.5)
+    assert rows["step time median"]["relative"] == pytest.approx(1.0)
+    assert rows["phase forward"]["relative"] == pytest.approx(0.0)
+    assert rows["CPU per rank (avg)"]["diff"] == pytest.approx(0.0)
+    env = {e["setting"]: (e["a"], e["b"]) for e in result["environment"]}
+    assert env["OMP_NUM_THREADS"] == ("1", "4") and env["torch threads"] == ("1", "4")
+    assert "python" not in env
+
+
+def test_missing_figures_have_no_relative():
+    rows = compare_summaries({"throughput": {"per_s": 10.0, "unit": "samples"}}, {"throughput": {"per_s": None}})["figures"]
+    assert rows == [{"figure": "throughput (samples/s)", "unit": "per_s", "a": 10.0, "b": None, "diff": None, "relative": None}]
+
+
+def test_cli_json_and_tables(tmp_path, capsys):
+    a, b = _run(tmp_path / "a", 100, 1), _run(tmp_path / "b", 100, 2)
+    assert cli.main(["compare", str(a), str(b), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"figures", "environment", "a", "b", "problems"} <= set(data)
+    assert cli.main(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "environment differences" in out and "OMP_NUM_THREADS" in out
