@@ -52,6 +52,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     hvd.add_argument("--cycle-time-ms", type=float, default=None, help="background cycle time (HOROVOD_CYCLE_TIME)")
     hvd.add_argument("--hierarchical-allreduce", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
     hvd.add_argument("--horovod-timeline", action="store_true", help="record Horovod's timeline into the run's store")
+    p.add_argument("--memory-every", type=int, default=20, help="measure the memory breakdown every N steps (default 20)")
     p.add_argument("--no-profile", action="store_true", help="run the same loop without the profiler (baseline)")
 
 
@@ -80,7 +81,7 @@ def validate(args) -> tuple:
         raise UsageError(str(e.args[0])) from None
     if args.preset not in wl.presets:
         raise UsageError(f"workload {wl.name} has no preset {args.preset!r}; presets: {', '.join(wl.presets)}")
-    for name in ("steps", "batch_size", "sample_hz", "flush_s"):
+    for name in ("steps", "batch_size", "sample_hz", "flush_s", "memory_every"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
@@ -191,12 +192,12 @@ def train(args) -> int:
     }
     prof = tbdprof.Profiler(
         out=args.out, run_id=args.run_id, sample_hz=args.sample_hz, flush_s=args.flush_s,
-        warmup_steps=args.warmup, enabled=not args.no_profile, metadata=config,
+        warmup_steps=args.warmup, memory_every=args.memory_every, enabled=not args.no_profile, metadata=config,
     )
     bar, tick = _progress(info.rank, args.steps)
     step_times: list[float] = []
     # The profiler copies config shallowly and rewrites rank.json at close, so
-    # this list reaches rank.json (and baseline.json) with every step's units.
+    # this list reaches rank.json (and timing.json) with every step's units.
     units = config["units_per_step"]
     step = epoch = 0
     with prof, (bar or _Null()):
@@ -228,8 +229,7 @@ def train(args) -> int:
                 step += 1
                 if step >= args.steps:
                     break
-    if args.no_profile:
-        _write_baseline(info, step_times, config, args)
+    _write_timing(info, step_times, config, args)
     if info.rank == 0:
         steady = step_times[args.warmup :] or step_times
         print(f"tbdprof: rank 0 ran {step} steps, median {statistics.median(steady) * 1e3:.1f} ms/step", file=sys.stderr)
@@ -245,14 +245,16 @@ class _Null:
         return False
 
 
-def _write_baseline(info, step_times, config, args) -> None:
-    """Unprofiled runs still leave their step times, for overhead comparisons."""
+def _write_timing(info, step_times, config, args) -> None:
+    """The runner's own step times (perf_counter, profiled or not): the same
+    measurement in both modes, for overhead comparisons; for unprofiled runs
+    the only record."""
     from tbdprof import store
 
     run_dir = Path(os.environ.get("TBDPROF_RUN_DIR") or Path(args.out) / (args.run_id or "baseline"))
     d = store.rank_dir(run_dir, info.host, info.rank)
     d.mkdir(parents=True, exist_ok=True)
-    store.write_json_atomic(d / "baseline.json", {"rank": info.rank, "step_times_s": step_times, "config": config, "warmup_steps": args.warmup})
+    store.write_json_atomic(d / "timing.json", {"rank": info.rank, "profiled": not args.no_profile, "step_times_s": step_times, "config": config, "warmup_steps": args.warmup})
 
 
 def main(argv=None) -> int:

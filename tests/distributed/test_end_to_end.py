@@ -112,6 +112,6 @@ def test_report_command_on_the_run(run2):
 
 def test_unprofiled_baseline_leaves_step_times(tmp_path, data_cache):
     run_cli("run", "resnet50", "--steps", 4, "--no-profile", "--out", tmp_path, "--run-id", "base")
-    base = json.loads(next((tmp_path / "base").glob("host=*/rank=0/baseline.json")).read_text())
+    base = json.loads(next((tmp_path / "base").glob("host=*/rank=0/timing.json")).read_text())
     assert len(base["step_times_s"]) == 4
     assert not list((tmp_path / "base").glob("**/*.parquet"))
