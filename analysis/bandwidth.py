@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from .breakdown import union_sql
-from .load import Run
+from .breakdown import coverage_ns
+from .load import Run, sql_list
 from .timeline import counter_rates
 
 NET_METRICS = ("net.bytes_sent", "net.bytes_recv")
@@ -74,15 +74,14 @@ def collective_bandwidth(run: Run, link_bytes_per_s: float | None = None) -> dic
     warm = run.warmup_steps
     out: dict[str, dict] = {}
     for (name,) in run.sql("SELECT DISTINCT name FROM spans WHERE kind = 'comm' AND step >= ? ORDER BY 1", [warm]):
-        where = "kind = 'comm' AND step >= ? AND name = ?"
+        where = f"kind = 'comm' AND step >= {int(warm)} AND name IN {sql_list([name])}"
+        busy = {r: c["total"] / 1e9 for r, c in coverage_ns(run, where).items()}
         rows = run.sql(
-            f"SELECT c.rank, c.calls, c.bytes, c.median_call_bw, u.busy FROM (SELECT rank, count(*) AS calls, sum(bytes) AS bytes, "
-            f"median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) AS median_call_bw FROM spans WHERE {where} GROUP BY rank) c "
-            f"JOIN (SELECT rank, sum(e - s) / 1e9 AS busy FROM {union_sql(where)} GROUP BY rank) u USING (rank) ORDER BY 1",
-            [warm, name, warm, name],
+            "SELECT rank, count(*), sum(bytes), median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) FROM spans "
+            f"WHERE {where} GROUP BY rank ORDER BY rank"
         )
         factor = BUS_FACTORS[name](n) if name in BUS_FACTORS and n > 0 else None
-        per_rank = {str(r): _bw(calls, nbytes or 0, busy, call_bw, factor, link_bytes_per_s) for r, calls, nbytes, call_bw, busy in rows}
+        per_rank = {str(r): _bw(calls, nbytes or 0, busy.get(r, 0.0), call_bw, factor, link_bytes_per_s) for r, calls, nbytes, call_bw in rows}
         total = _bw(sum(p["calls"] for p in per_rank.values()), sum(p["bytes"] for p in per_rank.values()),
                     sum(p["busy_s"] for p in per_rank.values()), None, factor, link_bytes_per_s)
         out[name] = total | {"bus_factor": factor, "ranks": n, "per_rank": per_rank}

@@ -1,9 +1,12 @@
 """Where a step's time goes: phases and communication (exposed vs overlapped), per rank.
 
-Interval arithmetic runs in DuckDB: each set of spans is first merged into
-disjoint intervals per rank (gaps-and-islands over ``start_ns``), then two
-such sets are intersected with a range join, so concurrent communication
-buckets are never counted twice.
+Interval arithmetic runs in DuckDB as one sweep per rank: every span of the
+sets involved becomes a +1 event at its start and a -1 event at its end; a
+running sum per set over the sorted events says, between two consecutive
+event times, how many spans of each set are open. The measure of a set is
+the time its count is above zero, so concurrent communication buckets count
+once, and the measure of an intersection the time both counts are. One sort
+per rank: O(n log n) whatever the overlaps.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from tbdprof import schema
 
 from .load import Run, sql_list
 
-
 # Phases during which communication counts as hidden behind work on the rank.
 NOT_COMPUTE = (schema.PHASE_DATA, schema.PHASE_COMM)
 _COMPUTE = f"kind = 'phase' AND name NOT IN {sql_list(NOT_COMPUTE)}"
@@ -20,25 +22,28 @@ _BACKWARD = f"kind = 'phase' AND name = '{schema.PHASE_BACKWARD}'"
 _ANY_PHASE = "kind = 'phase'"
 
 
-def union_sql(where: str) -> str:
-    """SQL for the union of the spans matching ``where`` as disjoint (rank, s, e) intervals."""
-    return (
-        "(SELECT rank, min(start_ns) AS s, max(end_ns) AS e FROM ("
-        "SELECT rank, start_ns, end_ns, sum(CASE WHEN start_ns <= prev THEN 0 ELSE 1 END) "
-        "OVER (PARTITION BY rank ORDER BY start_ns, end_ns ROWS UNBOUNDED PRECEDING) AS g FROM ("
-        "SELECT rank, start_ns, end_ns, max(end_ns) OVER (PARTITION BY rank ORDER BY start_ns, end_ns "
-        f"ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev FROM spans WHERE {where})) GROUP BY rank, g)"
-    )
+def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> dict[int, dict[str, int]]:
+    """Per rank: ``total``, the measure of the union of spans matching ``base``, and for each
+    ``others`` label the measure of that union inside the union of the spans matching its condition.
 
-
-def covered_ns(run: Run, where_a: str, where_b: str, params: list | None = None) -> dict[int, int]:
-    """Per rank, nanoseconds of the union of spans ``where_a`` that the union of ``where_b`` covers."""
+    Conditions are SQL over the ``spans`` view, without parameters.
+    """
+    others = others or {}
+    sets = {"total": base} | others
+    flags = ", ".join(f"CASE WHEN {cond} THEN 1 ELSE 0 END AS f{i}" for i, cond in enumerate(sets.values()))
+    cols = [f"f{i}" for i in range(len(sets))]
+    events = " UNION ALL ".join(f"SELECT rank, {t} AS t, {', '.join(f'{sign}{c} AS {c}' for c in cols)} FROM s"
+                                for t, sign in (("start_ns", ""), ("end_ns", "-")))
+    open_ = ", ".join(f"sum(sum({c})) OVER w AS {c}" for c in cols)
+    measures = ", ".join(f"coalesce(sum(len) FILTER (WHERE f0 > 0 AND {c} > 0), 0)" for c in cols)
+    where = " OR ".join(f"({cond})" for cond in sets.values())
     rows = run.sql(
-        f"SELECT a.rank, sum(least(a.e, b.e) - greatest(a.s, b.s)) FROM {union_sql(where_a)} a "
-        f"JOIN {union_sql(where_b)} b ON a.rank = b.rank AND a.s < b.e AND b.s < a.e GROUP BY a.rank",
-        params,
+        f"WITH s AS (SELECT rank, start_ns, end_ns, {flags} FROM spans WHERE end_ns > start_ns AND ({where})), "
+        f"swept AS (SELECT rank, lead(t) OVER (PARTITION BY rank ORDER BY t) - t AS len, {open_} FROM ({events}) "
+        "GROUP BY rank, t WINDOW w AS (PARTITION BY rank ORDER BY t ROWS UNBOUNDED PRECEDING)) "
+        f"SELECT rank, {measures} FROM swept GROUP BY rank HAVING sum(len) FILTER (WHERE f0 > 0) > 0"
     )
-    return {r: int(ns) for r, ns in rows}
+    return {r: dict(zip(sets, map(int, vals))) for r, *vals in rows}
 
 
 def comm_overlap(run: Run) -> dict[int, dict[str, int]]:
@@ -50,16 +55,12 @@ def comm_overlap(run: Run) -> dict[int, dict[str, int]]:
     total - hidden; ``outside_phases`` the part no phase at all covers (the
     share of ``other`` step time that is communication).
     """
-    comm = "kind = 'comm' AND step >= ?"
-    warm = [run.warmup_steps]
-    totals = {r: int(ns) for r, ns in run.sql(f"SELECT rank, sum(e - s) FROM {union_sql(comm)} GROUP BY rank", warm)}
-    backward = covered_ns(run, comm, _BACKWARD, warm)
-    hidden = covered_ns(run, comm, _COMPUTE, warm)
-    phased = covered_ns(run, comm, _ANY_PHASE, warm)
+    comm = f"kind = 'comm' AND step >= {int(run.warmup_steps)}"
+    cover = coverage_ns(run, comm, {"overlapped": _BACKWARD, "hidden": _COMPUTE, "phased": _ANY_PHASE})
     return {
-        r: {"total": t, "overlapped": backward.get(r, 0), "hidden": hidden.get(r, 0),
-            "exposed": t - hidden.get(r, 0), "outside_phases": t - phased.get(r, 0)}
-        for r, t in totals.items()
+        r: {"total": c["total"], "overlapped": c["overlapped"], "hidden": c["hidden"],
+            "exposed": c["total"] - c["hidden"], "outside_phases": c["total"] - c["phased"]}
+        for r, c in cover.items()
     }
 
 
