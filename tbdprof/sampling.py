@@ -33,7 +33,8 @@ class SamplingThread(threading.Thread):
         self.active: list[Sampler] = []
         self.disabled: dict[str, str] = {}
         self.ticks = 0
-        self.cpu_s = 0.0
+        self.cpu_s = 0.0  # CPU seconds of the sampling loop after start-up
+        self.start_cpu_s = 0.0  # CPU seconds spent starting the samplers
         self._last_counter: dict[tuple[str, str], float] = {}
         self._halt = threading.Event()
 
@@ -74,9 +75,11 @@ class SamplingThread(threading.Thread):
         self.ticks += 1
 
     def run(self) -> None:
-        t0 = time.thread_time()
         self._start_samplers()
         self.tick()
+        # steady-state cost only; start-up (probing NVML, opening files) is one-off
+        t0 = time.thread_time()
+        self.start_cpu_s = t0
         while not self._halt.wait(self.interval):
             self.tick()
             self.cpu_s = time.thread_time() - t0

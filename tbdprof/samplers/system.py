@@ -17,20 +17,42 @@ def _read(path: str) -> str:
         return f.read()
 
 
+class ProcFile:
+    """A /proc file kept open and re-read with pread: one syscall per reading
+    instead of open+read+close (the kernel regenerates the text at offset 0)."""
+
+    CHUNK = 65536
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def read(self) -> str:
+        chunks, off = [], 0
+        while True:
+            b = os.pread(self.fd, self.CHUNK, off)
+            chunks.append(b)
+            off += len(b)
+            if len(b) < self.CHUNK:
+                return b"".join(chunks).decode("ascii", "replace")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-def _proc_stat(pid: int) -> tuple[float, int, int]:
-    """(cpu seconds, threads, rss bytes) of one process from /proc/PID/stat."""
-    raw = _read(f"/proc/{pid}/stat")
+def _parse_stat(raw: str) -> tuple[float, int, int]:
+    """(cpu seconds, threads, rss bytes) from the text of /proc/PID/stat."""
     f = raw[raw.rindex(")") + 2 :].split()  # fields from 3 (state) on
     return (int(f[11]) + int(f[12])) / _CLK_TCK, int(f[17]), int(f[21]) * _PAGE
 
 
-def _proc_io(pid: int) -> dict[str, int]:
+def _parse_io(raw: str) -> dict[str, int]:
     out = {}
-    for line in _read(f"/proc/{pid}/io").splitlines():
+    for line in raw.splitlines():
         k, _, v = line.partition(":")
         out[k] = int(v)
     return out
@@ -73,9 +95,16 @@ class ProcessSampler(Sampler):
         self._children_at = 0.0
         self._last_cpu: float | None = None
         self._last_t = 0.0
+        self._files: dict[int, tuple[ProcFile, ProcFile]] = {}
 
     def is_available(self) -> bool:
         return os.path.exists(f"/proc/{self._pid}/stat")
+
+    def _open(self, pid: int) -> tuple[ProcFile, ProcFile]:
+        files = self._files.get(pid)
+        if files is None:
+            files = self._files[pid] = (ProcFile(f"/proc/{pid}/stat"), ProcFile(f"/proc/{pid}/io"))
+        return files
 
     def start(self) -> None:
         self._last_cpu, self._last_t = self._read_tree()[0], time.monotonic()
@@ -91,6 +120,9 @@ class ProcessSampler(Sampler):
                 except psutil.Error:
                     self._children = []
             self._children_at = now
+            for gone in set(self._files) - {self._pid, *self._children}:
+                for f in self._files.pop(gone):
+                    f.close()
         return [self._pid, *self._children]
 
     def _read_tree(self) -> tuple[float, int, int, list[int]]:
@@ -98,8 +130,9 @@ class ProcessSampler(Sampler):
         io = [0, 0, 0, 0]
         for pid in self._tree():
             try:
-                c, t, r = _proc_stat(pid)
-                d = _proc_io(pid)
+                stat, iof = self._open(pid)
+                c, t, r = _parse_stat(stat.read())
+                d = _parse_io(iof.read())
             except (OSError, ValueError, IndexError):
                 continue  # exited between listing and reading, or no permission
             cpu += c
@@ -136,6 +169,12 @@ class _ProcFileSampler(Sampler):
     def is_available(self) -> bool:
         return os.path.exists(self.path)
 
+    def start(self) -> None:
+        self._file = ProcFile(self.path)
+
+    def close(self) -> None:
+        self._file.close()
+
 
 class HostCpuSampler(_ProcFileSampler):
     """Per-core and whole-host CPU busy, iowait, and runnable threads, from /proc/stat."""
@@ -145,12 +184,13 @@ class HostCpuSampler(_ProcFileSampler):
     path = "/proc/stat"
 
     def start(self) -> None:
+        super().start()
         self._last, _ = self._parse()
 
     def _parse(self) -> tuple[dict[str, list[int]], int]:
         cores: dict[str, list[int]] = {}
         running = -1
-        for line in _read(self.path).splitlines():
+        for line in self._file.read().splitlines():
             if line.startswith("cpu") and line[3:4].isdigit():
                 name, *vals = line.split()
                 cores[name[3:]] = [int(v) for v in vals[:8]]
@@ -188,7 +228,7 @@ class HostMemorySampler(_ProcFileSampler):
 
     def sample(self, emit: Emit) -> None:
         kb = {}
-        for line in _read(self.path).splitlines():
+        for line in self._file.read().splitlines():
             key, _, rest = line.partition(":")
             if key in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
                 kb[key] = int(rest.split()[0]) * 1024
@@ -205,7 +245,7 @@ class NetworkSampler(_ProcFileSampler):
     path = "/proc/net/dev"
 
     def sample(self, emit: Emit) -> None:
-        for line in _read(self.path).splitlines()[2:]:
+        for line in self._file.read().splitlines()[2:]:
             nic, _, rest = line.partition(":")
             f = rest.split()
             if len(f) < 10:
@@ -226,6 +266,7 @@ class DiskSampler(_ProcFileSampler):
     SECTOR = 512  # /proc/diskstats counts 512-byte sectors whatever the device's sector size
 
     def start(self) -> None:
+        super().start()
         try:
             blocks = set(os.listdir("/sys/block"))
         except OSError:
@@ -233,7 +274,7 @@ class DiskSampler(_ProcFileSampler):
         self._disks = {d for d in blocks if not d.startswith(("loop", "ram", "zram"))}
 
     def sample(self, emit: Emit) -> None:
-        for line in _read(self.path).splitlines():
+        for line in self._file.read().splitlines():
             f = line.split()
             if len(f) < 10 or (self._disks and f[2] not in self._disks):
                 continue
