@@ -103,8 +103,9 @@ def test_readers_skip_flushes_a_range_file_covers(tmp_path):
     from tbdprof.store import live_segments, parse_segment
 
     names = ["spans-000001.parquet", "spans-000002.parquet", "spans-000001-000002.parquet", "spans-000003.parquet",
-             "samples-000001.parquet", ".spans-000004.parquet.tmp", "notes.txt"]
+             "samples-000001.parquet", ".spans-000004.parquet.tmp", "notes.txt", "spans-horovod-timeline.parquet"]
     live = [p.name for p in live_segments([tmp_path / n for n in names])]
-    assert live == ["spans-000001-000002.parquet", "spans-000003.parquet", "samples-000001.parquet"]
+    assert live == ["spans-000001-000002.parquet", "spans-000003.parquet", "samples-000001.parquet",
+                    "spans-horovod-timeline.parquet"]
     assert parse_segment("memory-000010-000020.parquet") == ("memory", 10, 20)
     assert parse_segment("spans-1.parquet") is None
