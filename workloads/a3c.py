@@ -2,7 +2,7 @@
 
 Mapping onto ranks: every tbdprof rank is one actor-learner process. The
 actor-learners of a host share one model in shared memory: on the first
-step local rank 0 copies the (broadcast, hence identical) initial weights
+step the host's first rank copies the (broadcast, hence identical) initial weights
 into a file in ``/dev/shm``, every local rank maps it and points its
 parameters into it, and from then on each process runs its own
 environments, computes gradients on its own and applies them to the shared
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -31,8 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-
-import tbdprof
 
 from ._dist import unwrap
 from .base import Preset, Workload
@@ -119,9 +118,12 @@ def share_parameters(net: nn.Module) -> None:
     flat = nn.utils.parameters_to_vector(params).detach().cpu()
     key = [uuid.uuid4().hex]
     dist.broadcast_object_list(key, src=0)
+    hosts = [None] * dist.get_world_size()
+    dist.all_gather_object(hosts, socket.gethostname())
+    host = hosts[dist.get_rank()]
+    first_on_host = hosts.index(host) == dist.get_rank()
     folder = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
-    path = Path(folder) / f"tbdprof-a3c-{key[0]}"
-    first_on_host = tbdprof.detect_rank().local_rank == 0
+    path = Path(folder) / f"tbdprof-a3c-{key[0]}-{host}"
     if first_on_host:
         tmp = path.with_suffix(".tmp")
         flat.numpy().tofile(tmp)
