@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tbdprof import schema
 
+from .environment import INCIDENTAL
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
 from .load import open_run
 
@@ -65,7 +66,7 @@ def _setting_values(summary: dict) -> dict[str, str]:
     env = summary.get("environment") or {}
     out = {}
     for row in env.get("rows", []):
-        if row["key"] != "host":
+        if not INCIDENTAL.search(row["key"]):
             out[row["key"]] = " | ".join(dict.fromkeys(row["values"]))
     run = summary.get("run") or {}
     out |= {"workload": str(run.get("workload")), "preset": str(run.get("preset")), "world size": str(summary.get("world_size")),

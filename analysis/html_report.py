@@ -154,6 +154,7 @@ def _io(run: Run, summary: dict) -> list[str]:
     out.append(_figure(plots.lines(span_series(run, f"kind = 'phase' AND name = '{schema.PHASE_DATA}'"), "data wait per step",
                                    "s since run start", "ms", 1e-3), "data wait over time"))
     out.append(_timeline(run, "io.read_chars", "bytes read by rank and loader workers (syscalls)", "MiB/s", plots.MB))
+    out.append(_timeline(run, "io.write_bytes", "bytes written to storage by rank and loader workers", "MiB/s", plots.MB))
     out.append(_timeline(run, "disk.read_bytes", "disk reads", "MiB/s", plots.MB))
     out.append(_timeline(run, "disk.write_bytes", "disk writes", "MiB/s", plots.MB))
     return out
