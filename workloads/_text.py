@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ._seq import BucketBatchSampler, lengths_index, pad_stack
 from .data import DataFormatError, ShardDataset, write_shards
@@ -83,6 +84,7 @@ class TranslationMixin:
     unit = "tokens"
     domain = "machine translation"
     collate_fn = staticmethod(collate_translation)
+    label_smoothing = 0.0
 
     def vocabularies(self, preset) -> tuple[int, int]:
         raise NotImplementedError
@@ -95,6 +97,12 @@ class TranslationMixin:
 
     def batch_sampler(self, sampler, batch_size: int):
         return BucketBatchSampler(sampler, batch_size, lengths_index(sampler.dataset))
+
+    def loss(self, model, batch):
+        """Token-level cross-entropy of ``model(src, src_len, tgt_in)`` against ``tgt_out``, padding ignored."""
+        src, src_len, tgt_in, tgt_out = batch
+        logits = model(src, src_len, tgt_in)
+        return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, label_smoothing=self.label_smoothing)
 
     def batch_units(self, batch) -> int:
         """Target tokens (EOS included, padding not): what NMT throughput counts."""

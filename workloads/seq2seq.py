@@ -60,10 +60,5 @@ class Seq2SeqNMT(TranslationMixin, Workload):
     def build_model(self, preset: Preset) -> nn.Module:
         return Seq2Seq(**preset.model)
 
-    def loss(self, model, batch):
-        src, src_len, tgt_in, tgt_out = batch
-        logits = model(src, src_len, tgt_in)
-        return nn.functional.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
-
     def optimizer(self, model, preset):
         return torch.optim.SGD(model.parameters(), lr=preset.lr)
