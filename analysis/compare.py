@@ -15,7 +15,7 @@ from tbdprof import schema
 
 from .environment import INCIDENTAL
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
-from .load import open_run
+from .load import Run, analyse
 
 _FORMAT = {"s": fmt_s, "bytes": fmt_bytes, "bytes/s": fmt_rate, "fraction": fmt_pct, "percent": lambda x: fmt_num(x) + "%"}
 
@@ -95,7 +95,10 @@ def compare_runs(run_a: str | Path, run_b: str | Path, link_bytes_per_s: float |
     """Analyse both runs and compare them (see :func:`compare_summaries`)."""
     from .report import summarize
 
-    return compare_summaries(summarize(open_run(run_a), link_bytes_per_s), summarize(open_run(run_b), link_bytes_per_s))
+    def one(run: Run) -> dict:
+        return summarize(run, link_bytes_per_s)
+
+    return compare_summaries(analyse(run_a, one), analyse(run_b, one))
 
 
 def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: float | None = None, file=None) -> dict:

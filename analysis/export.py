@@ -25,7 +25,7 @@ from typing import IO, Iterator
 
 from tbdprof import schema
 
-from .load import Run, open_run
+from .load import Run, analyse
 from .timeline import is_counter, label, rate_sql
 
 TID_STEPS, TID_PHASES, TID_LANES = 1, 2, 10
@@ -128,15 +128,24 @@ def export(run_dir: str | Path, fmt: str = "chrome", output: str | Path | None =
     """Export ``run_dir`` to ``output`` (default ``<run_dir>/trace.json.gz``; ``-`` for stdout)."""
     if fmt != "chrome":
         raise ValueError(f"unknown export format {fmt!r}")
-    run = open_run(run_dir)
-    for p in run.problems:
+    path = None if str(output) == "-" else Path(output) if output else Path(run_dir) / "trace.json.gz"
+
+    def write(run: Run) -> tuple[int, list[str]]:
+        if path is None:
+            return write_chrome_trace(run, sys.stdout, **filters), run.problems
+        opener = gzip.open if path.name.endswith(".gz") else open
+        try:
+            f = opener(path, "wt", encoding="utf-8")
+        except OSError as e:
+            from tbdprof.cli import CliError
+
+            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+        with f:
+            return write_chrome_trace(run, f, **filters), run.problems
+
+    n, problems = analyse(run_dir, write)
+    for p in problems:
         print(f"tbdprof: note: {p}", file=sys.stderr)
-    if str(output) == "-":
-        write_chrome_trace(run, sys.stdout, **filters)
-        return None
-    path = Path(output) if output else Path(run_dir) / "trace.json.gz"
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "wt", encoding="utf-8") as f:
-        n = write_chrome_trace(run, f, **filters)
-    print(f"tbdprof: wrote {n} events to {path}", file=sys.stderr)
+    if path is not None:
+        print(f"tbdprof: wrote {n} events to {path}", file=sys.stderr)
     return path

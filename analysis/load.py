@@ -14,11 +14,14 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import duckdb
 import pyarrow.parquet as pq
 
 from tbdprof import clock, schema, store
+
+T = TypeVar("T")
 
 TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",)}
 
@@ -89,8 +92,11 @@ def _check_segment(path: Path, table: str) -> str | None:
     return None
 
 
-def open_run(path: str | Path) -> Run:
-    """Load a run folder. Raises :class:`RunError` when nothing in it is readable."""
+def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
+    """Load a run folder. Raises :class:`RunError` when nothing in it is readable.
+
+    ``skip`` maps segment paths to leave out to the reason listed in ``problems``.
+    """
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path}: no such folder")
@@ -121,7 +127,7 @@ def open_run(path: str | Path) -> Run:
         ranks[rank] = rmeta
         for table in schema.TABLES:
             for seg in store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}"))):
-                why = _check_segment(seg, table)
+                why = (skip or {}).get(str(seg)) or _check_segment(seg, table)
                 if why:
                     problems.append(f"rank {rank}: {why}")
                 else:
@@ -131,6 +137,31 @@ def open_run(path: str | Path) -> Run:
     run = Run(path, meta, ranks, files, problems)
     run.con = _connect(run)
     return run
+
+
+def _damaged_segments(run: Run) -> dict[str, str]:
+    """Segments whose footer reads but whose data does not (each read in full), with why."""
+    bad = {}
+    for paths in run.files.values():
+        for p in paths:
+            try:
+                pq.read_table(p)
+            except Exception as e:  # noqa: BLE001 - corrupt pages, bad compression, short file
+                bad[p] = f"{Path(p).name}: data unreadable ({e.__class__.__name__})"
+    return bad
+
+
+def analyse(path: str | Path, fn: Callable[[Run], T]) -> T:
+    """``fn(open_run(path))``. When DuckDB fails on data damaged past a segment's footer, the
+    damaged segments are found, left out (listed in ``problems``) and ``fn`` runs once more."""
+    run = open_run(path)
+    try:
+        return fn(run)
+    except duckdb.Error:
+        bad = _damaged_segments(run)
+        if not bad:
+            raise
+    return fn(open_run(path, skip=bad))
 
 
 def _clock_params(run: Run) -> list[tuple[int, float, float, int]]:

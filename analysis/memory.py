@@ -32,12 +32,3 @@ def memory_breakdown(run: Run) -> dict:
         per_rank[str(rank)] = d
     top = max(per_rank.values(), key=lambda d: d["peak"]) if per_rank else {}
     return {"per_rank": per_rank, "memory_bytes": {k: top[k] for k in (*schema.MEMORY_CATEGORIES, "peak")} if top else {}}
-
-
-def memory_series(run: Run) -> dict[int, list[tuple]]:
-    """(step, weights, gradients, optimizer_state, activations, other) per rank, every step."""
-    out: dict[int, list[tuple]] = {}
-    cols = ", ".join(schema.MEMORY_CATEGORIES)
-    for rank, *row in run.sql(f"SELECT rank, step, {cols} FROM memory ORDER BY rank, step"):
-        out.setdefault(rank, []).append(tuple(row))
-    return out

@@ -21,7 +21,7 @@ from .breakdown import phase_breakdown
 from .dataio import io_figures
 from .environment import environment_table
 from .html_report import render_html
-from .load import Run, open_run
+from .load import Run, analyse
 from .memory import memory_breakdown
 from .steps import step_stats
 from .system import system_figures
@@ -104,13 +104,17 @@ def report(run_dir: str | Path, json_only: bool = False, html_report: bool = Tru
     ``problems`` and the rest is reported.
     """
     run_dir = Path(run_dir)
-    run = open_run(run_dir)
-    summary = summarize(run, link_bytes_per_s)
+
+    def build(run: Run) -> tuple[dict, str | None]:
+        summary = summarize(run, link_bytes_per_s)
+        return summary, render_html(run, summary) if html_report else None
+
+    summary, page = analyse(run_dir, build)
     written = [run_dir / SUMMARY_FILE] + [run_dir / REPORT_FILE] * html_report
     try:
         store.write_json_atomic(run_dir / SUMMARY_FILE, summary)
-        if html_report:
-            (run_dir / REPORT_FILE).write_text(render_html(run, summary), encoding="utf-8")
+        if page is not None:
+            (run_dir / REPORT_FILE).write_text(page, encoding="utf-8")
     except OSError as e:
         print(f"tbdprof: cannot write the report into {run_dir} ({e.strerror}); printing only", file=sys.stderr)
         written = []

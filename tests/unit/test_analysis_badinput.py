@@ -84,3 +84,19 @@ def test_cli_report_on_damaged_run_exits_0(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: rank 0: spans-000002.parquet: unreadable" in out
     assert (path / "summary.json").is_file() and (path / "report.html").is_file()
+
+
+def test_segment_damaged_past_its_footer(tmp_path, capsys):
+    path = _run(tmp_path / "r")
+    seg = write_segment(path, schema.SAMPLES, gauge("cpu.process_pct", range(2000)), rank=1, seq=2)
+    data = bytearray(seg.read_bytes())
+    footer = int.from_bytes(data[-8:-4], "little") + 8
+    data[4 : len(data) - footer] = b"\xff" * (len(data) - footer - 4)  # pages garbage, footer intact
+    seg.write_bytes(bytes(data))
+    assert cli.main(["report", str(path)]) == 0
+    s = json.loads((path / "summary.json").read_text())
+    assert any(seg.name in p and "data unreadable" in p for p in s["problems"])
+    assert s["utilization"]["per_rank"]["1"]["cpu.process_pct"]["avg"] == 50
+    assert cli.main(["export", str(path), "-o", str(tmp_path / "t.json")]) == 0
+    assert "data unreadable" in capsys.readouterr().err
+    assert cli.main(["export", str(path), "-o", str(tmp_path / "no such dir" / "t.json")]) == 2
