@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ._seq import BucketBatchSampler, length_mask, lengths_index, pad_stack
 from .base import Preset, Workload
-from .data import ShardDataset, write_shards
+from .data import DataFormatError, ShardDataset, write_shards
 from .registry import register
 
 ALPHABET = "_ 'abcdefghijklmnopqrstuvwxyz"  # index 0 is the CTC blank
@@ -148,6 +148,8 @@ class DeepSpeech(Workload):
 
     def dataset(self, root: Path, preset: Preset, train: bool = True):
         ds = ShardDataset(root, speech_fields(preset.model["freq"], preset.data["max_frames"], preset.data["max_chars"]), normalize)
+        if ds.meta.get("alphabet") != ALPHABET:
+            raise DataFormatError(f"{root}: meta.json 'alphabet' must be {ALPHABET!r} (index 0 = CTC blank)")
         lengths_index(ds)
         return ds
 

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .base import Preset, Workload
-from .data import ShardDataset, write_shards
+from .data import DataFormatError, ShardDataset, write_shards
 from .registry import register
 from .resnet import MEAN, STD, ResNet
 
@@ -282,7 +282,10 @@ class FasterRCNNWorkload(Workload):
 
     def dataset(self, root: Path, preset: Preset, train: bool = True):
         size = preset.data["size"]
-        return ShardDataset(root, detection_fields(size, preset.data["max_boxes"]), DetectionTransform(size, flip=train))
+        ds = ShardDataset(root, detection_fields(size, preset.data["max_boxes"]), DetectionTransform(size, flip=train))
+        if not isinstance(ds.meta.get("classes"), int) or ds.meta["classes"] > preset.model["num_classes"]:
+            raise DataFormatError(f"{root}: meta.json 'classes' must be at most the model's {preset.model['num_classes']}")
+        return ds
 
     def loss(self, model, batch):
         return model(*batch).sum()

@@ -2,7 +2,9 @@
 
 import dataclasses
 import filecmp
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -178,17 +180,24 @@ def test_translation_data_with_a_larger_vocabulary_is_rejected(tiny_data):
         wl.dataset(tiny_data("seq2seq"), small_vocab)
 
 
-def test_missing_length_index_is_a_format_error(tiny_data, tmp_path):
-    import json
-    import shutil
-
-    root = tmp_path / "nolengths"
-    shutil.copytree(tiny_data("deepspeech2"), root)
+@pytest.mark.parametrize(
+    "name, key, value, message",
+    [
+        ("deepspeech2", "lengths", None, "lengths"),
+        ("deepspeech2", "alphabet", "abc", "alphabet"),
+        ("seq2seq", "lengths", [3, 4], "lengths"),
+        ("faster_rcnn", "classes", 99, "classes"),
+    ],
+)
+def test_inconsistent_meta_is_a_format_error(name, key, value, message, tiny_data, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_data(name), root)
     meta = json.loads((root / "meta.json").read_text())
-    del meta["lengths"]
+    meta[key] = value
     (root / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(DataFormatError, match="lengths"):
-        registry.get("deepspeech2").dataset(root, registry.get("deepspeech2").presets["tiny"])
+    wl = registry.get(name)
+    with pytest.raises(DataFormatError, match=message):
+        wl.dataset(root, wl.presets["tiny"])
 
 
 def test_bucketing_covers_every_sample_once_with_less_padding(tiny_data):
