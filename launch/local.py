@@ -104,10 +104,16 @@ def run_local(command: list[str], nproc: int, run_dir: Path, meta: dict) -> int:
     )
     procs = [subprocess.Popen(command, env=rank_env(os.environ, r, nproc, port, run_dir)) for r in range(nproc)]
     codes = wait_all(procs)
-    failed = [c for c in codes if c]
+    code = exit_code(codes)
     store.update_run_json(
-        run_dir, status="failed" if failed else "complete", exit_codes=codes, ended_ns=clock.now_ns()
+        run_dir, status="failed" if code else "complete", exit_codes=codes, ended_ns=clock.now_ns()
     )
+    return code
+
+
+def exit_code(codes: list[int]) -> int:
+    """One exit code for a job from its processes' codes."""
+    failed = [c for c in codes if c]
     if not failed:
         return 0
     # Bad input (exit 2) is reported as such; signals come back negative.

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# tbdprof testbed: N emulated hosts on one machine, for real multi-node launches.
+#
+#   testbed.sh up N [--bandwidth RATE] [--delay TIME] [--host-env HOST:VAR=VALUE]... [--state DIR]
+#   testbed.sh shape [--bandwidth RATE|none] [--delay TIME] [--state DIR]
+#   testbed.sh exec HOST COMMAND...     run COMMAND on HOST (its network, hostname, /etc/hosts)
+#   testbed.sh down [--state DIR]
+#
+# Each host nodeI is a network namespace with an eth0 (198.18.0.(I+1)/24, a veth
+# on a bridge that has no address: the root namespace cannot reach the hosts and
+# no traffic leaves them) and an sshd started under its own UTS and mount
+# namespaces, with hostname nodeI and a bind-mounted /etc/hosts naming every
+# host. Inside the hosts, /etc/ssh/ssh_config is a generated file that logs in
+# as root with a throwaway key, so `ssh node1` works there as on a cluster.
+# Launches start on node0 (`testbed.sh exec node0 ...`). Needs root.
+set -euo pipefail
+
+STATE=${TBDPROF_TESTBED:-/tmp/tbdprof-testbed}
+PREFIX=tbdp          # namespace, veth and bridge names start with this
+SUBNET=198.18.0      # 198.18.0.0/15 is reserved for network benchmarks (RFC 2544)
+
+die() { echo "testbed: $*" >&2; exit 2; }
+
+need_tools() {
+    [ "$(id -u)" = 0 ] || die "must run as root (network namespaces, veth, sshd)"
+    local missing=()
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v tc >/dev/null || missing+=(iproute2)
+    [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+    command -v ssh >/dev/null || missing+=(openssh-client)
+    command -v nsenter >/dev/null || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "testbed: installing ${missing[*]}" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2 \
+            || die "could not install ${missing[*]} with apt-get"
+    fi
+}
+
+host_pid() {  # the sshd pid of host $1: entering its namespaces is entering the host
+    local f="$STATE/$1.pid"
+    [ -f "$f" ] || die "no host $1 (is the testbed up? state: $STATE)"
+    cat "$f"
+}
+
+apply_shaping() {  # host, bandwidth ("" or none = unshaped), delay
+    local ns="$PREFIX-$1" rate=$2 delay=$3
+    ip netns exec "$ns" tc qdisc del dev eth0 root 2>/dev/null || true
+    local parent=root
+    if [ -n "$delay" ]; then
+        ip netns exec "$ns" tc qdisc add dev eth0 root handle 1: netem delay "$delay" 2>/dev/null \
+            || die "--delay needs the netem qdisc, which this kernel does not provide (sch_netem); use --bandwidth only"
+        parent="parent 1:"
+    fi
+    if [ -n "$rate" ] && [ "$rate" != none ]; then
+        # burst: at least one rate/HZ worth and a few full frames; latency bounds the queue
+        ip netns exec "$ns" tc qdisc add dev eth0 $parent handle 2: tbf rate "$rate" burst 64kb latency 500ms \
+            || die "tc could not shape $1 to $rate"
+    fi
+}
+
+cmd_up() {
+    local n="" rate="" delay="" host_env=()
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --bandwidth) rate=$2; shift 2 ;;
+            --delay) delay=$2; shift 2 ;;
+            --host-env) host_env+=("$2"); shift 2 ;;
+            --state) STATE=$2; shift 2 ;;
+            *) [ -z "$n" ] || die "unexpected argument $1"; n=$1; shift ;;
+        esac
+    done
+    [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "up: N must be 1..200 (got '${n}')"
+    need_tools
+    [ ! -e "$STATE/hosts" ] || die "a testbed is already up (state: $STATE); run 'testbed.sh down' first"
+    mkdir -p "$STATE" && chmod 700 "$STATE" && touch "$STATE/.tbdprof-testbed"
+    trap 'echo "testbed: up failed, tearing down" >&2; cmd_down >/dev/null 2>&1 || true' EXIT
+
+    printf '127.0.0.1 localhost\n' > "$STATE/hosts"
+    for ((i = 0; i < n; i++)); do printf '%s.%d node%d\n' "$SUBNET" $((i + 1)) "$i" >> "$STATE/hosts"; done
+    echo "$n" > "$STATE/n"
+
+    ssh-keygen -q -t ed25519 -N '' -C tbdprof-testbed -f "$STATE/id_ed25519"
+    cp "$STATE/id_ed25519.pub" "$STATE/authorized_keys"
+    ssh-keygen -q -t ed25519 -N '' -f "$STATE/host_key"
+    cat > "$STATE/ssh_config" <<EOF
+Host node* localhost
+    User root
+    IdentityFile $STATE/id_ed25519
+    IdentitiesOnly yes
+    BatchMode yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+    LogLevel ERROR
+    ConnectTimeout 5
+EOF
+    mkdir -p /run/sshd
+
+    ip link add "$PREFIX-br0" type bridge
+    ip link set "$PREFIX-br0" up
+    for ((i = 0; i < n; i++)); do
+        local h=node$i ns=$PREFIX-node$i
+        ip netns add "$ns"
+        ip link add "$PREFIX-v$i" type veth peer name eth0 netns "$ns"
+        ip link set "$PREFIX-v$i" master "$PREFIX-br0" up
+        ip netns exec "$ns" ip link set lo up
+        ip netns exec "$ns" ip addr add "$SUBNET.$((i + 1))/24" dev eth0
+        ip netns exec "$ns" ip link set eth0 up
+        apply_shaping "$h" "$rate" "$delay"
+        {
+            cat <<EOF
+ListenAddress $SUBNET.$((i + 1))
+HostKey $STATE/host_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysFile $STATE/authorized_keys
+UsePAM no
+StrictModes no
+PidFile none
+MaxStartups 100
+MaxSessions 100
+EOF
+            for e in "${host_env[@]}"; do [ "${e%%:*}" = "$h" ] && echo "SetEnv ${e#*:}"; done
+        } > "$STATE/sshd_config.$h"
+        # unshare: own hostname and own /etc/hosts and ssh client config (bind mounts
+        # visible only to this host). sshd -D stays in the foreground: its pid is the host's.
+        ip netns exec "$ns" unshare --uts --mount --propagation private sh -c \
+            "hostname $h && mount --bind '$STATE/hosts' /etc/hosts && mount --bind '$STATE/ssh_config' /etc/ssh/ssh_config && exec /usr/sbin/sshd -D -e -f '$STATE/sshd_config.$h'" \
+            >"$STATE/sshd.$h.log" 2>&1 &
+        echo $! > "$STATE/$h.pid"
+    done
+    for ((i = 0; i < n; i++)); do
+        local ok=""
+        for _ in $(seq 50); do
+            if ip netns exec "$PREFIX-node0" bash -c "exec 3<>/dev/tcp/$SUBNET.$((i + 1))/22" 2>/dev/null; then ok=1; break; fi
+            sleep 0.1
+        done
+        [ -n "$ok" ] || die "sshd on node$i did not come up: $(tail -n 3 "$STATE/sshd.node$i.log")"
+    done
+    trap - EXIT
+    echo "testbed: $n hosts up (node0..node$((n - 1)), $SUBNET.1-$((n))); state in $STATE" >&2
+}
+
+cmd_shape() {
+    local rate="" delay=""
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --bandwidth) rate=$2; shift 2 ;;
+            --delay) delay=$2; shift 2 ;;
+            --state) STATE=$2; shift 2 ;;
+            *) die "unexpected argument $1" ;;
+        esac
+    done
+    [ -f "$STATE/n" ] || die "no testbed is up (state: $STATE)"
+    for ((i = 0; i < $(cat "$STATE/n"); i++)); do apply_shaping "node$i" "$rate" "$delay"; done
+}
+
+cmd_exec() {
+    [ $# -ge 2 ] || die "exec: usage: testbed.sh exec HOST COMMAND..."
+    local pid
+    pid=$(host_pid "$1")
+    shift
+    exec nsenter --target "$pid" --net --uts --mount --wd="$PWD" -- "$@"
+}
+
+cmd_down() {
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --state) STATE=$2; shift 2 ;;
+            *) die "unexpected argument $1" ;;
+        esac
+    done
+    [ "$(id -u)" = 0 ] || die "must run as root"
+    local ns pids
+    for ns in $(ip netns list 2>/dev/null | awk -v p="^$PREFIX-node" '$1 ~ p {print $1}'); do
+        # every process in the host: sshd, sessions, ranks left by a failed launch
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
+    done
+    sleep 0.3
+    for ns in $(ip netns list 2>/dev/null | awk -v p="^$PREFIX-node" '$1 ~ p {print $1}'); do
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    ip link del "$PREFIX-br0" 2>/dev/null || true
+    # only files this script made: the folder holds the throwaway key
+    [ ! -f "$STATE/.tbdprof-testbed" ] || rm -rf "$STATE"
+    echo "testbed: down" >&2
+}
+
+case ${1:-} in
+    up | shape | exec | down) c=$1; shift; "cmd_$c" "$@" ;;
+    *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+esac
