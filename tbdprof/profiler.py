@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from . import clock, envinfo, ranks, schema, store
-from .sampling import SamplingThread
+from .sampling import Sampling
 from .samplers import Sampler, default_samplers
 from .writer import Buffers, SegmentWriter
 
@@ -155,11 +155,12 @@ class Profiler:
         self._step_items: int | None = None
         self._trackers: list = []
         self._pending = None
-        self._sampler: SamplingThread | None = None
+        self._sampler: Sampling | None = None
         self._writer: SegmentWriter | None = None
         self._started = False
         self._closed = False
         self._meta: dict[str, Any] = {}
+        self._rank_json_failed = False
         self._rss_proc = None
 
     # --- lifecycle ------------------------------------------------------------
@@ -222,10 +223,10 @@ class Profiler:
             )
         self._write_rank_json()
         schemas = {t: schema.table_schema(t, self.run_id, self.info.rank, self.info.host) for t in schema.TABLES}
-        self._writer = SegmentWriter(self.rank_dir, self._buffers, schemas, self.flush_s, [self._resolve_pending])
-        self._writer.start()
         samplers = self._samplers if self._samplers is not None else default_samplers(self.info.local_rank)
-        self._sampler = SamplingThread(samplers, self._buffers.tables[schema.SAMPLES], self.sample_hz)
+        self._sampler = Sampling(samplers, self._buffers.tables[schema.SAMPLES], self.sample_hz)
+        self._writer = SegmentWriter(self.rank_dir, self._buffers, schemas, self.flush_s, [self._resolve_pending, self._sampler.check])
+        self._writer.start()
         self._sampler.start()
         self._started = True
         self._pid = os.getpid()
@@ -300,10 +301,14 @@ class Profiler:
         self._write_rank_json()
 
     def _write_rank_json(self) -> None:
+        if self._writer is not None and self._writer.failed:
+            return  # the folder is gone or full: the writer has already said so, once
         try:
             store.write_json_atomic(self.rank_dir / schema.RANK_FILE, self._meta)
         except OSError as e:
-            log.warning("tbdprof: cannot write %s (%s)", self.rank_dir / schema.RANK_FILE, e)
+            if not self._rank_json_failed:
+                log.warning("tbdprof: cannot write %s (%s)", self.rank_dir / schema.RANK_FILE, e)
+            self._rank_json_failed = True
 
     def _resolve_pending(self, force: bool = False) -> None:
         if self._pending is not None:

@@ -23,18 +23,22 @@ class SamplingThread(threading.Thread):
     stop signal, so stopping takes at most one tick.
     """
 
-    def __init__(self, samplers: list[Sampler], out: deque, hz: float):
+    def __init__(self, samplers: list[Sampler], out: deque, hz: float, started: bool = False):
         super().__init__(name="tbdprof-sampler", daemon=True)
         if hz <= 0:
             raise ValueError("sample rate must be positive")
+        self.hz = hz
         self.interval = 1.0 / hz
         self.out = out
         self.samplers = samplers
-        self.active: list[Sampler] = []
+        self._prestarted = started  # samplers already started (a replacement thread)
+        self.active: list[Sampler] = list(samplers) if started else []
+        self.in_flight: tuple[Sampler, float] | None = None  # the call in progress, for the watchdog
         self.disabled: dict[str, str] = {}
         self.ticks = 0
         self.cpu_s = 0.0  # CPU seconds of the sampling loop after start-up
         self.start_cpu_s = 0.0  # CPU seconds spent starting the samplers
+        self.cpu_base = 0.0  # CPU seconds of the threads this one replaced (keeps the counter monotonic)
         self._last_counter: dict[tuple[str, str], float] = {}
         self._halt = threading.Event()
 
@@ -67,30 +71,90 @@ class SamplingThread(threading.Thread):
             append((ts, metric, device, value))
 
         for s in list(self.active):
+            if self._halt.is_set():
+                return  # retired by the watchdog while a call hung
+            self.in_flight = (s, time.monotonic())
             try:
                 s.sample(emit)
             except Exception as e:  # noqa: BLE001
                 self.active.remove(s)
                 self._disable(s, e)
+            self.in_flight = None
         self.ticks += 1
 
     def run(self) -> None:
-        self._start_samplers()
+        c = time.thread_time()
+        if not self._prestarted:
+            self._start_samplers()
         self.tick()
-        # steady-state cost only; start-up (probing NVML, opening files) is one-off
+        # steady-state cost apart from start-up (probing NVML, opening files)
         t0 = time.thread_time()
-        self.start_cpu_s = t0
+        self.start_cpu_s = t0 - c
         while not self._halt.wait(self.interval):
             self.tick()
             self.cpu_s = time.thread_time() - t0
-            self.out.append((clock.now_ns(), "recorder.sampler_cpu_s", "", self.cpu_s))
-        for s in self.active:
+            self.out.append((clock.now_ns(), "recorder.sampler_cpu_s", "", self.cpu_base + self.cpu_s))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=timeout)
+
+
+class Sampling:
+    """The sampling thread under a watchdog.
+
+    A sampler stuck in one call (an NVML query that blocks, a hung network
+    filesystem) for more than ``hang_s`` is disabled: its thread is abandoned
+    (a daemon, told to stop if the call ever returns) and a fresh thread goes
+    on with the other samplers. ``check()`` is called periodically from
+    another thread (the writer's flush loop).
+    """
+
+    def __init__(self, samplers: list[Sampler], out: deque, hz: float, hang_s: float = 5.0):
+        self.thread = SamplingThread(samplers, out, hz)
+        self.hang_s = hang_s
+        self._retired: list[SamplingThread] = []
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def check(self) -> None:
+        t = self.thread
+        cur = t.in_flight
+        if cur is None or time.monotonic() - cur[1] <= self.hang_s:
+            return
+        stuck = cur[0]
+        t._halt.set()
+        new = SamplingThread([s for s in t.active if s is not stuck], t.out, t.hz, started=True)
+        new.disabled = {**t.disabled, stuck.name: f"hung in one call for more than {self.hang_s:g}s"}
+        new._last_counter = t._last_counter
+        new.cpu_base = t.cpu_base + t.cpu_s
+        log.warning("tbdprof: sampler %r disabled (hung for more than %gs); sampling goes on without it", stuck.name, self.hang_s)
+        self._retired.append(t)
+        self.thread = new
+        new.start()
+
+    def stop(self) -> None:
+        self.thread.stop()
+        for s in self.thread.active:
             try:
                 s.close()
             except Exception:  # noqa: BLE001
                 pass
 
-    def stop(self) -> None:
-        self._halt.set()
-        if self.is_alive():
-            self.join(timeout=5.0)
+    @property
+    def active(self) -> list[Sampler]:
+        return self.thread.active
+
+    @property
+    def disabled(self) -> dict[str, str]:
+        return self.thread.disabled
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(t.cpu_s for t in (*self._retired, self.thread))
+
+    @property
+    def ticks(self) -> int:
+        return sum(t.ticks for t in (*self._retired, self.thread))

@@ -153,3 +153,37 @@ def test_unchanged_counters_are_not_repeated():
     metrics = [r[1] for r in out]
     assert metrics.count("net.bytes_sent") == 1
     assert metrics.count("cpu.system_pct") == 5
+
+
+class Hang(Sampler):
+    name = "hang"
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+
+    def sample(self, emit):
+        self.release.wait(30)  # like an NVML call that never returns
+
+
+def test_hung_sampler_is_disabled_and_sampling_goes_on():
+    from tbdprof.sampling import Sampling
+
+    out = deque()
+    good, hang = Count(), Hang()
+    sampling = Sampling([good, hang], out, hz=50, hang_s=0.2)
+    sampling.start()
+    try:
+        time.sleep(0.5)
+        stuck_at = good.n
+        time.sleep(0.2)
+        assert good.n == stuck_at  # the loop is stuck behind the hung call
+        sampling.check()
+        time.sleep(0.3)
+        assert good.n > stuck_at + 3  # a fresh thread carries on without it
+        assert "hang" in sampling.disabled and [s.name for s in sampling.active] == ["count"]
+    finally:
+        hang.release.set()
+        sampling.stop()
+    assert sampling.ticks >= good.n - 1
