@@ -105,7 +105,7 @@ def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: floa
     """``tbdprof compare``: print the comparison as tables, or as JSON."""
     from rich.console import Console
 
-    from .terminal import _table
+    from .terminal import table
 
     result = compare_runs(run_a, run_b, link_bytes_per_s)
     out = file or sys.stdout
@@ -117,11 +117,11 @@ def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: floa
     for p in result["problems"]:
         con.print("note: " + p, markup=False, style="yellow")
     show = lambda v, unit: "-" if v is None else _FORMAT.get(unit, fmt_num)(v)  # noqa: E731
-    con.print(_table(f"A = {result['a']}   B = {result['b']}", ["figure", "A", "B", "B vs A"],
+    con.print(table(f"A = {result['a']}   B = {result['b']}", ["figure", "A", "B", "B vs A"],
                      [[r["figure"], show(r["a"], r["unit"]), show(r["b"], r["unit"]),
                        "-" if r["relative"] is None else f"{r['relative'] * 100:+.1f}%"] for r in result["figures"]]))
     if result["environment"]:
-        con.print(_table("environment differences", ["setting", "A", "B"], [[e["setting"], e["a"], e["b"]] for e in result["environment"]]))
+        con.print(table("environment differences", ["setting", "A", "B"], [[e["setting"], e["a"], e["b"]] for e in result["environment"]]))
     else:
         con.print("environment: no differences recorded")
     return result

@@ -53,8 +53,12 @@ def _timeline(run: Run, metric: str, title: str, unit: str, scale: float = 1.0) 
     return _figure(plots.lines(metric_series(run, metric, scale=scale), title, "s since run start", unit), title)
 
 
+def _slug(name: str) -> str:
+    return name.lower().replace(" ", "-").replace("/", "")
+
+
 def _section(name: str) -> str:
-    return f'<h2 id="{name.lower().replace(" ", "-").replace("/", "")}">{_esc(name)}</h2>'
+    return f'<h2 id="{_slug(name)}">{_esc(name)}</h2>'
 
 
 def _overview(summary: dict) -> list[str]:
@@ -179,7 +183,7 @@ def render_html(run: Run, summary: dict) -> str:
     """The report as one HTML string."""
     run_meta = summary["run"]
     title = f"tbdprof report: {run_meta.get('run_id') or run.path.name}"
-    nav = "".join(f'<a href="#{s.lower().replace(" ", "-").replace("/", "")}">{_esc(s)}</a>' for s in SECTIONS)
+    nav = "".join(f'<a href="#{_slug(s)}">{_esc(s)}</a>' for s in SECTIONS)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",
              f"<p>workload {_esc(run_meta.get('workload'))}, preset {_esc(run_meta.get('preset'))}, {summary['world_size']} ranks on "

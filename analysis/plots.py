@@ -56,7 +56,7 @@ def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str, sca
     segments: list[str] = []
     for parts in rows.values():
         segments += [s for s in parts if s not in segments]
-    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.45 * max(2, len(rows))))
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + min(12.0, 0.45 * max(2, len(rows)))))
     labels = [_plain(k) for k in rows]
     left = [0.0] * len(labels)
     cmap = plt.get_cmap("tab10")
@@ -67,6 +67,6 @@ def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str, sca
     ax.invert_yaxis()
     ax.set_title(_plain(title), loc="left")
     ax.set_xlabel(ylabel)
-    ax.legend(fontsize=7, frameon=False, ncol=min(6, len(segments)), loc="upper center", bbox_to_anchor=(0.5, -0.35))
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _svg(fig)
 

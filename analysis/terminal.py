@@ -10,7 +10,8 @@ from tbdprof import schema
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
 
 
-def _table(title: str, header: list[str], rows: list[list[str]]):
+def table(title: str, header: list[str], rows: list[list[str]]):
+    """A rich table: first column left-aligned, the others right-aligned."""
     from rich.table import Table
 
     t = Table(title=title, title_justify="left")
@@ -45,14 +46,14 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
                   f"rank spread {fmt_pct(sp.get('rank_spread'))}   ({summary['steps']} steps after {summary['warmup_steps']} warm-up)",
                   markup=False)
     phases = list(summary["phase_fraction"])
-    con.print(_table("step breakdown (fraction of step time; comm runs beside the phases)",
+    con.print(table("step breakdown (fraction of step time; comm runs beside the phases)",
                      ["rank", *phases, "step", "comm", "overlapped", "exposed"],
                      [[rank, *[fmt_pct(b["phase_fraction"].get(p, 0)) for p in phases], fmt_s(b["step_s"]),
                        fmt_s(b["comm_s_per_step"]["total"]), fmt_s(b["comm_s_per_step"]["overlapped"]),
                        fmt_s(b["comm_s_per_step"]["exposed"])] for rank, b in summary["breakdown"].items()]))
     if summary["memory"]:
         cols = [*schema.MEMORY_CATEGORIES, "peak"]
-        con.print(_table("memory per step (median after warm-up)", ["rank", *cols],
+        con.print(table("memory per step (median after warm-up)", ["rank", *cols],
                          [[rank, *[fmt_bytes(m[c]) for c in cols]] for rank, m in summary["memory"].items()]))
     util, io = summary["utilization"], summary["io"]["per_rank"]
     rows = [[f"rank {r}", fmt_num(u.get("cpu.process_pct", {}).get("avg"), 0) + "%", fmt_num(u.get("cores", {}).get("avg"), 2),
@@ -61,16 +62,16 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     rows += [[f"host {h}", fmt_num(u.get("cpu.system_pct", {}).get("avg"), 0) + "%", fmt_num(u.get("cores"), 0), "", ""]
              for h, u in util["per_host"].items()]
     rows += [[f"gpu {g}", fmt_num(u.get("util_pct", {}).get("avg"), 0) + "%", "", "", ""] for g, u in util["gpus"].items()]
-    con.print(_table("utilization (steady-state average)", ["who", "CPU / GPU", "cores", "read (syscalls)", "data wait"], rows))
+    con.print(table("utilization (steady-state average)", ["who", "CPU / GPU", "cores", "read (syscalls)", "data wait"], rows))
     net = summary["network"]
     rows = [[f"{h} {nic}", fmt_rate(v.get("sent_bytes_per_s")), fmt_rate(v.get("recv_bytes_per_s")),
              fmt_bytes(v.get("sent_bytes_per_step")), fmt_bytes(v.get("bytes_sent"))]
             for h, nics in net["interfaces"].items() for nic, v in nics.items() if v.get("bytes_sent") or v.get("bytes_recv")]
     if rows:
-        con.print(_table("network (steady state)", ["host interface", "sent", "received", "sent / step", "sent total"], rows))
+        con.print(table("network (steady state)", ["host interface", "sent", "received", "sent / step", "sent total"], rows))
     link = net["link_bytes_per_s"]
     rows = [[name, str(c["calls"]), fmt_bytes(c["bytes"]), fmt_rate(c["algbw_bytes_per_s"]), fmt_rate(c["busbw_bytes_per_s"]),
              fmt_pct(c["link_fraction"]) if link else "unknown"] for name, c in net["collectives"].items()]
     if rows:
-        con.print(_table(f"collectives (link {fmt_rate(link) if link else 'unknown'})",
+        con.print(table(f"collectives (link {fmt_rate(link) if link else 'unknown'})",
                          ["collective", "calls", "bytes", "algbw", "busbw", "busbw / link"], rows))
