@@ -3,8 +3,8 @@
 ``python -m tbdprof.synth --ranks 64 --hours 1 --out DIR`` writes what a
 64-rank job would record in an hour at the defaults: 10 steps/s with
 data_wait/h2d/forward/backward/optimizer phases and one allreduce per step,
-10 Hz samples (process metrics on every rank, host metrics on each host's
-local rank 0), and a memory row per step. Files are laid out as the writer
+10 Hz samples (process and GPU metrics on every rank, host metrics on each host's
+local rank 0), and a memory row per step: about 70 million rows for 64 ranks. Files are laid out as the writer
 leaves them after compaction (one range file per table per ``--file-minutes``).
 """
 
@@ -69,7 +69,7 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
     return arrays
 
 
-def _samples(rng, host_rank: bool, first_tick, n_ticks, tick_ns, cores: int, nics: tuple[str, ...]):
+def _samples(rng, local: int, first_tick, n_ticks, tick_ns, cores: int, nics: tuple[str, ...]):
     ts = T0_NS + np.arange(first_tick, first_tick + n_ticks, dtype=np.int64) * tick_ns
     series: list[tuple[str, str, np.ndarray]] = []
     growth = np.arange(first_tick, first_tick + n_ticks, dtype=np.float64)
@@ -80,7 +80,21 @@ def _samples(rng, host_rank: bool, first_tick, n_ticks, tick_ns, cores: int, nic
     series.append(("io.write_bytes", "", growth * 1e3))
     series.append(("io.read_chars", "", growth * 5e6))
     series.append(("io.write_chars", "", growth * 2e3))
-    if host_rank:
+    gpu = f"gpu{local}"
+    series.append(("gpu.util_pct", gpu, rng.uniform(85, 100, n_ticks)))
+    series.append(("gpu.mem_util_pct", gpu, rng.uniform(40, 60, n_ticks)))
+    series.append(("gpu.mem_used_bytes", gpu, np.full(n_ticks, 61e9)))
+    series.append(("gpu.mem_total_bytes", gpu, np.full(n_ticks, 80e9)))
+    series.append(("gpu.power_w", gpu, rng.normal(550, 20, n_ticks)))
+    series.append(("gpu.energy_j", gpu, growth * 55.0))
+    series.append(("gpu.temp_c", gpu, rng.normal(65, 1, n_ticks)))
+    series.append(("gpu.sm_clock_mhz", gpu, np.full(n_ticks, 1980.0)))
+    series.append(("gpu.mem_clock_mhz", gpu, np.full(n_ticks, 2619.0)))
+    series.append(("gpu.pcie_tx_bytes_s", gpu, rng.uniform(1e8, 2e8, n_ticks)))
+    series.append(("gpu.pcie_rx_bytes_s", gpu, rng.uniform(5e8, 1e9, n_ticks)))
+    series.append(("torch.allocated_bytes", f"cuda:{local}", np.full(n_ticks, 58e9)))
+    series.append(("torch.reserved_bytes", f"cuda:{local}", np.full(n_ticks, 60e9)))
+    if local == 0:
         for c in range(cores):
             series.append(("cpu.core_pct", str(c), rng.uniform(60, 100, n_ticks)))
         series.append(("cpu.system_pct", "", rng.uniform(70, 95, n_ticks)))
@@ -144,7 +158,7 @@ def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int
             first_tick, n_ticks = int(t_a * sample_hz), int((t_b - t_a) * sample_hz)
             parts = {
                 schema.SPANS: _spans(rng, rank, first_step, n_steps, step_ns),
-                schema.SAMPLES: _samples(rng, local == 0, first_tick, n_ticks, tick_ns, 16, ("eth0", "ib0")),
+                schema.SAMPLES: _samples(rng, local, first_tick, n_ticks, tick_ns, 16, ("eth0", "ib0")),
                 schema.MEMORY: _memory(rng, first_step, n_steps, step_ns),
             }
             for table, arrays in parts.items():
