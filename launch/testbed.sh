@@ -53,7 +53,7 @@ apply_shaping() {  # host, bandwidth ("" or none = unshaped), delay
     fi
     if [ -n "$rate" ] && [ "$rate" != none ]; then
         # burst: at least one rate/HZ worth and a few full frames; latency bounds the queue
-        ip netns exec "$ns" tc qdisc add dev eth0 $parent handle 2: tbf rate "$rate" burst 64kb latency 500ms \
+        ip netns exec "$ns" tc qdisc add dev eth0 $parent handle 2: tbf rate "$rate" burst 32kb latency 500ms \
             || die "tc could not shape $1 to $rate"
     fi
 }

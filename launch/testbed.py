@@ -1,0 +1,101 @@
+"""Python front of ``testbed.sh``: N emulated hosts (network namespaces with sshd) on this machine.
+
+```python
+from tbdprof.launch import testbed
+
+with testbed.hosts(2, bandwidth="100mbit") as tb:     # node0, node1
+    tb.run(["tbdprof", "launch", "resnet50", "--hosts", "node0:2,node1:2", ...])
+    tb.shape(bandwidth="20mbit")                      # slow the links down
+```
+
+Launches start inside node0 (:meth:`Testbed.run`), as they would on a
+cluster's first node. Needs root; :func:`unavailable` says why not, for
+skipping tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+SCRIPT = Path(__file__).with_name("testbed.sh")
+
+
+class TestbedError(RuntimeError):
+    """The testbed script refused or failed (its message says why)."""
+
+
+def _script(*args: str, state: Path) -> None:
+    res = subprocess.run(["bash", str(SCRIPT), *args, "--state", str(state)], capture_output=True, text=True)
+    if res.returncode:
+        raise TestbedError((res.stderr.strip().splitlines() or [f"testbed.sh {args[0]} failed"])[-1])
+
+
+@dataclass
+class Testbed:
+    """A running testbed: ``n`` hosts ``node0``..``node{n-1}``."""
+
+    n: int
+    state: Path
+
+    @property
+    def names(self) -> list[str]:
+        return [f"node{i}" for i in range(self.n)]
+
+    def shape(self, bandwidth: str | None = None, delay: str | None = None) -> None:
+        """Change every host's outgoing link: ``bandwidth`` like ``"20mbit"`` (None: unshaped)."""
+        _script("shape", *_shaping(bandwidth, delay), state=self.state)
+
+    def command(self, host: str, argv: list[str]) -> list[str]:
+        """``argv`` run on ``host`` (its network, hostname and /etc/hosts)."""
+        return ["env", f"TBDPROF_TESTBED={self.state}", "bash", str(SCRIPT), "exec", host, *argv]
+
+    def run(self, argv: list[str], host: str = "node0", timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+        """Run ``argv`` on ``host`` and wait; output captured as text."""
+        return subprocess.run(self.command(host, argv), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def _shaping(bandwidth: str | None, delay: str | None) -> list[str]:
+    return ["--bandwidth", bandwidth or "none", *(["--delay", delay] if delay else [])]
+
+
+def unavailable() -> str | None:
+    """Why a testbed cannot be made here (not root, no namespaces), or None."""
+    if os.geteuid() != 0:
+        return "the multi-node testbed needs root (network namespaces, veth, sshd)"
+    probe = "tbdp-probe"
+    res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if res.returncode:
+        return f"cannot create network namespaces: {res.stderr.strip() or 'ip netns add failed'}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def up(n: int, bandwidth: str | None = None, delay: str | None = None, host_env: dict[str, dict[str, str]] | None = None,
+       state: str | os.PathLike | None = None) -> Testbed:
+    """Create ``n`` hosts; ``host_env`` = {host: {VAR: value}} is set in every session on that host."""
+    state = Path(state or tempfile.mkdtemp(prefix="tbdprof-testbed-"))
+    env_args = [a for h, env in (host_env or {}).items() for k, v in env.items() for a in ("--host-env", f"{h}:{k}={v}")]
+    _script("up", str(n), *(_shaping(bandwidth, delay) if bandwidth or delay else []), *env_args, state=state)
+    return Testbed(n, state)
+
+
+def down(tb: Testbed | None = None) -> None:
+    """Remove every testbed host (all of them: also those a crashed run left)."""
+    state = tb.state if tb else Path(tempfile.gettempdir()) / "tbdprof-testbed"
+    _script("down", state=state)
+
+
+@contextlib.contextmanager
+def hosts(n: int, **kw) -> Iterator[Testbed]:
+    """A testbed for the ``with`` block; torn down even when the block fails."""
+    tb = up(n, **kw)
+    try:
+        yield tb
+    finally:
+        down(tb)
