@@ -2,51 +2,35 @@
 
 A DDP communication hook that does exactly what DDP's default hook does
 (divide by the world size, allreduce asynchronously) and records each
-bucket's allreduce with its byte count. On CPU (gloo) the end is the host
-time at which the future completes. On CUDA (NCCL) host callbacks run when
-the work is enqueued, not done, so the span is timed with CUDA events on the
-stream instead and resolved later by the writer thread.
+bucket's allreduce with its byte count.
+
+On CPU (gloo) the span ends at the host time at which the future completes.
+On CUDA (NCCL) the future completes when the collective is *enqueued*, so
+host time would measure nothing: the span is timed with CUDA events instead.
+The start event is recorded on the current stream after the bucket's
+division, so it runs once the gradients are ready, which is when NCCL's
+stream (made to wait on the current one) can start the collective. The end
+event is recorded inside the future's ``then`` callback: for CUDA futures
+torch runs the callback with a current stream that waits on the NCCL
+kernels, so that event runs when the allreduce has finished. The writer
+thread resolves the events into spans (:class:`tbdprof.cuda.CudaPending`).
+A bucket queued behind another one is timed from when it was ready;
+analysis takes the union of a rank's comm spans, so queueing is not counted
+twice.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import torch
 import torch.distributed as dist
 
 from . import clock, schema
-
-SpanSink = Callable[[int, str, str, int, int, int | None, int | None], None]
-
-
-class CudaPending:
-    """CUDA-event-timed spans waiting for their events to complete."""
-
-    def __init__(self, sink: SpanSink):
-        self.sink = sink
-        self.items: list = []
-
-    def add(self, step, name, start_ns, nbytes, ev_start, ev_end) -> None:
-        self.items.append((step, name, start_ns, nbytes, ev_start, ev_end))
-
-    def resolve(self, force: bool = False) -> None:
-        """Emit every span whose end event has completed (all of them when ``force``)."""
-        keep = []
-        for item in self.items:
-            step, name, start_ns, nbytes, ev_start, ev_end = item
-            if force:
-                ev_end.synchronize()
-            elif not ev_end.query():
-                keep.append(item)
-                continue
-            dur_ns = int(ev_start.elapsed_time(ev_end) * 1e6)
-            self.sink(step, name, schema.KIND_COMM, start_ns, start_ns + dur_ns, nbytes, None)
-        self.items = keep
+from .cuda import CudaPending, SpanSink
 
 
 def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending: CudaPending):
-    """A DDP comm hook recording ``allreduce`` spans into ``sink``."""
+    """A DDP comm hook recording ``allreduce`` spans into ``sink`` (CUDA buckets through ``pending``)."""
 
     # No annotations: DDP checks them against the real classes, and this module
     # uses postponed (string) annotations.
@@ -58,14 +42,12 @@ def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending
         start = clock.now_ns()
         tensor.div_(dist.get_world_size(group))
         if tensor.is_cuda:
-            ev_start = torch.cuda.Event(enable_timing=True)
-            ev_start.record()
+            begun = pending.begin()
             fut = dist.all_reduce(tensor, group=group, async_op=True).get_future()
 
             def done_cuda(f):
-                ev_end = torch.cuda.Event(enable_timing=True)
-                ev_end.record()  # on the current stream, which the future has synced with
-                pending.add(step, schema.COMM_ALLREDUCE, start, nbytes, ev_start, ev_end)
+                # the current stream here waits on the NCCL kernels
+                pending.add(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, nbytes, begun, pending.record())
                 return f.value()[0]
 
             return fut.then(done_cuda)

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from . import clock, envinfo, ranks, schema, store
+from . import clock, cuda, envinfo, ranks, schema, store
 from .sampling import Sampling
 from .samplers import Sampler, default_samplers
 from .writer import Buffers, SegmentWriter
@@ -154,7 +154,8 @@ class Profiler:
         self._step_start: int | None = None
         self._step_items: int | None = None
         self._trackers: list = []
-        self._pending = None
+        self._pending = None  # Horovod's comm spans
+        self._cuda: cuda.CudaPending | None = None  # CUDA-event-timed spans (device phases, NCCL buckets)
         self._sampler: Sampling | None = None
         self._writer: SegmentWriter | None = None
         self._started = False
@@ -188,6 +189,9 @@ class Profiler:
 
     def start(self) -> "Profiler":
         """Create the rank folder, write rank.json, start the sampler and writer threads."""
+        from .autoprofile import yield_to
+
+        yield_to(self)  # under `tbdprof profile`, the script's own Profiler replaces the automatic one
         if self._started or not self.enabled:
             return self
         _ensure_log_handler()
@@ -311,14 +315,33 @@ class Profiler:
             self._rank_json_failed = True
 
     def _resolve_pending(self, force: bool = False) -> None:
-        if self._pending is not None:
-            self._pending.resolve(force=force)
+        for pending in (self._pending, self._cuda):
+            if pending is not None:
+                pending.resolve(force=force)
+
+    def _cuda_pending(self) -> cuda.CudaPending:
+        if self._cuda is None:
+            self._cuda = cuda.CudaPending(self._record_span)
+        return self._cuda
 
     # --- hot path -------------------------------------------------------------
 
     def phase(self, name: str) -> _Phase:
         """Time a phase of the current step: ``with prof.phase("forward"): ...``."""
         return _Phase(self, name, schema.KIND_PHASE) if self.enabled else _NULL
+
+    def cuda_phase(self, name: str):
+        """Time a phase of device work (``h2d``, a forward pass on the GPU) with CUDA events.
+
+        The events are recorded on the current stream, so the span covers the
+        phase's work as the GPU ran it, not the host's launch calls; the writer
+        thread resolves them. Without CUDA in use this is :meth:`phase`.
+        """
+        if not self.enabled:
+            return _NULL
+        if not cuda.in_use():
+            return _Phase(self, name, schema.KIND_PHASE)
+        return cuda.CudaPhase(self._cuda_pending(), self, name, schema.KIND_PHASE)
 
     def mark(self, name: str, start_ns: int, end_ns: int, nbytes: int | None = None) -> None:
         """Record a span timed elsewhere (timestamps from :func:`tbdprof.clock.now_ns`)."""
@@ -400,11 +423,10 @@ class Profiler:
         inner = getattr(model, "module", model)
         self._trackers.append(MemoryTracker(inner, optimizer, self._rss, lambda: self.step_index, self._measure_memory))
         if hasattr(model, "register_comm_hook") and _dist() is not None:
-            from .comm import CudaPending, make_allreduce_hook
+            from .comm import make_allreduce_hook
 
-            self._pending = CudaPending(self._record_span)
             try:
-                model.register_comm_hook(None, make_allreduce_hook(self._record_span, lambda: self.step_index, self._pending))
+                model.register_comm_hook(None, make_allreduce_hook(self._record_span, lambda: self.step_index, self._cuda_pending()))
             except (RuntimeError, ValueError) as e:  # e.g. a hook is already registered
                 log.warning("tbdprof: no communication spans (%s)", e)
         from .horovod import HorovodComm, is_horovod_optimizer

@@ -9,6 +9,7 @@ from the launcher's environment. The run folder comes from
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 
 
 class UsageError(ValueError):
@@ -44,6 +46,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="a prepared data set folder (default: generated and cached)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--amp", default="none", choices=sorted(AMP_DTYPES), help="mixed precision: autocast to bf16 or fp16 (fp16 with loss scaling)")
     from .engines import ENGINES
 
     p.add_argument("--engine", default="ddp", choices=sorted(ENGINES), help="distributed engine (default ddp)")
@@ -95,6 +98,10 @@ def validate(args) -> tuple:
         os.environ.update(engine_env(args))  # also checks the engine is installed
     except EngineUnavailable as e:
         raise UsageError(str(e)) from None
+    from .base import Workload
+
+    if args.amp == "fp16" and type(wl).train_step is not Workload.train_step:
+        raise UsageError(f"workload {wl.name} runs its own training step, which has no loss scaling: use --amp bf16")
     preset = wl.presets[args.preset]
     problem = wl.check_batch_size(preset, args.batch_size or preset.batch_size)
     if problem:
@@ -112,6 +119,17 @@ def _to_device(batch, device):
     if isinstance(batch, dict):
         return {k: _to_device(v, device) for k, v in batch.items()}
     return batch
+
+
+def _mixed_precision(amp: str, device):
+    """(autocast context factory, GradScaler or None) for ``--amp``; fp16 scales the loss."""
+    import torch
+
+    if amp == "none":
+        return contextlib.nullcontext, None
+    dtype = getattr(torch, AMP_DTYPES[amp])
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 def _progress(rank: int, steps: int):
@@ -185,7 +203,7 @@ def train(args) -> int:
     config = {
         "workload": wl.name, "domain": wl.domain, "preset": args.preset, "engine": args.engine,
         "batch_size": batch_size, "global_batch_size": batch_size * world, "steps": args.steps,
-        "num_workers": num_workers, "device": str(device), "dtype": "float32", "seed": args.seed,
+        "num_workers": num_workers, "device": str(device), "dtype": AMP_DTYPES[args.amp], "amp": args.amp, "seed": args.seed,
         "preprocessing": "cpu, in data-loader workers" if num_workers else "cpu, in the training process",
         "params": sum(p.numel() for p in model.parameters()), "unit": wl.unit, "data": str(root),
         "units_per_step": [],  # batch_units of each step, filled in as it runs
@@ -200,6 +218,9 @@ def train(args) -> int:
     # this list reaches rank.json (and timing.json) with every step's units.
     units = config["units_per_step"]
     step = epoch = 0
+    autocast, scaler = _mixed_precision(args.amp, device)
+    # On the GPU, phases are timed with CUDA events (device time, not launch time).
+    phase = prof.cuda_phase if use_cuda else prof.phase
     with prof, (bar or _Null()):
         prof.watch(model, optimizer)
         model.train()
@@ -208,15 +229,21 @@ def train(args) -> int:
             epoch += 1
             t0 = time.perf_counter()
             for batch in prof.loader(loader):
-                with prof.phase("h2d"):
+                with phase("h2d"):
                     batch = _to_device(batch, device)
-                if not wl.train_step(model, optimizer, batch, prof.phase):
-                    with prof.phase("forward"):
+                with autocast():
+                    handled = wl.train_step(model, optimizer, batch, phase)
+                if not handled:
+                    with phase("forward"), autocast():
                         loss = wl.loss(model, batch)
-                    with prof.phase("backward"):
-                        loss.backward()
-                    with prof.phase("optimizer"):
-                        optimizer.step()
+                    with phase("backward"):
+                        (scaler.scale(loss) if scaler else loss).backward()
+                    with phase("optimizer"):
+                        if scaler:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
                 if use_cuda:
                     torch.cuda.synchronize(device)

@@ -9,7 +9,7 @@ from .system import DiskSampler, HostCpuSampler, HostMemorySampler, NetworkSampl
 
 def default_samplers(local_rank: int) -> list[Sampler]:
     """Process samplers for every rank; host samplers only on local rank 0."""
-    samplers: list[Sampler] = [ProcessSampler(), NvmlSampler(local_rank), TorchAllocatorSampler()]
+    samplers: list[Sampler] = [ProcessSampler(), NvmlSampler(local_rank), TorchAllocatorSampler(local_rank)]
     if local_rank == 0:
         samplers += [HostCpuSampler(), HostMemorySampler(), NetworkSampler(), DiskSampler()]
     return samplers
