@@ -1,4 +1,4 @@
-"""Analysis subcommands: ``tbdprof report``, ``tbdprof export``, ``tbdprof compare``."""
+"""Analysis subcommands: ``tbdprof report``, ``tbdprof export``, ``tbdprof compare``, ``tbdprof diagnose``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ def cmd_compare(args) -> int:
 
     compare_command(args.run_a, args.run_b, json_out=args.json, link_bytes_per_s=args.link_bandwidth)
     return 0
+
+
+def cmd_diagnose(args) -> int:
+    from .diagnose import diagnose_command
+
+    return diagnose_command(args.run_dir, json_out=args.json, link_bytes_per_s=args.link_bandwidth)
 
 
 def _ranks(text: str) -> list[int]:
@@ -63,3 +69,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the comparison as JSON")
     s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW", help=link_help)
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("diagnose", help="name the bottleneck: findings with severity, ranks, evidence and a fix")
+    s.add_argument("run_dir", help="a run folder")
+    s.add_argument("--json", action="store_true", help="print the findings as a JSON list")
+    s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW", help=link_help)
+    s.set_defaults(func=cmd_diagnose)

@@ -1,0 +1,129 @@
+"""Straggler and imbalance: who the others wait for in the collectives.
+
+Both read :attr:`Context.sync`: per step, when each rank handed over its last
+gradient bucket (its arrival). A straggler arrives late step after step; an
+imbalanced run has a wide arrival spread without one consistent late rank,
+explained by uneven work (items or units per step differing across ranks).
+"""
+
+from __future__ import annotations
+
+from statistics import median
+
+from tbdprof import schema
+
+from .base import Finding, graded, ranks_text
+from .context import PHASES, Context
+
+LATE_FRACTION = 0.10  # lateness beyond the others', as a share of the median step
+LATE_MIN_S = 0.001  # and at least this, whatever the step time
+LATE_CRITICAL = 0.25
+LAST_SHARE = 0.5  # the late ranks arrive last in at least this share of steps
+SPREAD_WARNING = 0.15  # imbalance: median arrival spread / step time
+SPREAD_CRITICAL = 0.35
+WORK_CV = 0.05  # work per step differs across ranks at least this much (coefficient of variation)
+WORK_CORR = 0.5  # and explains the lateness at least this well (correlation)
+IOWAIT_PCT = 10.0  # a late rank's data phase on a host in iowait this much is I/O
+
+
+def late_ranks(ctx: Context) -> dict[int, float]:
+    """Ranks that consistently reach the collectives late, with how much later than the others (s)."""
+    s = ctx.sync
+    if not s:
+        return {}
+    lat = {r: v["lateness_s"] for r, v in s["per_rank"].items()}
+    excess = {r: lat[r] - median(v for q, v in lat.items() if q != r) for r in lat}
+    late = {r: e for r, e in excess.items() if e >= max(LATE_FRACTION * s["step_s"], LATE_MIN_S)}
+    if not late or len(late) > len(lat) / 2 or sum(s["per_rank"][r]["last_share"] for r in late) < LAST_SHARE:
+        return {}
+    return late
+
+
+def straggler(ctx: Context) -> list[Finding]:
+    """Ranks (or hosts) the others wait for, and the phase where they lose the time."""
+    late = late_ranks(ctx)
+    if not late:
+        return []
+    s = ctx.sync
+    worst = max(late.values())
+    phase, phase_excess = _slow_phase(ctx, late)
+    hosts = sorted({ctx.per_rank[r]["host"] for r in late})
+    whole_hosts = [h for h in hosts if set(ctx.hosts[h]["ranks"]) <= set(late)] if len(ctx.hosts) > 1 else []
+    cause = _cause(ctx, phase, hosts)
+    who = f"host {', '.join(whole_hosts)} ({ranks_text(late)})" if whole_hosts else ranks_text(late)
+    others = [v["tail_s"] for r, v in s["per_rank"].items() if r not in late]
+    evidence = {
+        "late_by_s": {r: late[r] for r in sorted(late)},
+        "last_share": {r: s["per_rank"][r]["last_share"] for r in sorted(late)},
+        "step_s": s["step_s"], "late_fraction": worst / s["step_s"],
+        "others_wait_s_per_step": median(others) if others else None,
+        "straggler_wait_s_per_step": {r: s["per_rank"][r]["tail_s"] for r in sorted(late)},
+        "slow_phase": phase, "slow_phase_excess_s": phase_excess, "cause": cause,
+        "whole_hosts": whole_hosts, "steps": s["steps"],
+    }
+    return [Finding(
+        kind="straggler", severity=graded(worst / s["step_s"], LATE_FRACTION, LATE_CRITICAL), ranks=sorted(late), hosts=hosts,
+        title=(f"{who} reach{'es' * (len(late) == 1)} the collectives {worst * 1e3:.1f} ms after the others "
+               f"({worst / s['step_s']:.0%} of the step); the others wait for {'it' if len(late) == 1 else 'them'}. "
+               f"Time lost in {phase or 'no recorded phase'} ({cause})"),
+        evidence=evidence, recommendation=_advice(cause, who), time_range_s=ctx.window_s, score=worst / s["step_s"],
+    )]
+
+
+def _slow_phase(ctx: Context, late: dict[int, float]) -> tuple[str | None, float]:
+    """The phase in which the late ranks spend most longer than the others (backward without its comm tail)."""
+    def phases(r):
+        p = dict(ctx.per_rank[r]["phase_s"])
+        p[schema.PHASE_BACKWARD] -= min(p[schema.PHASE_BACKWARD], ctx.per_rank[r]["tail_s"] or 0)
+        return p
+
+    mine = [phases(r) for r in late]
+    theirs = [phases(r) for r in ctx.per_rank if r not in late]
+    excess = {ph: median(p[ph] for p in mine) - median(p[ph] for p in theirs) for ph in PHASES}
+    phase = max(excess, key=excess.get)
+    return (phase, excess[phase]) if excess[phase] > 0 else (None, 0.0)
+
+
+def _cause(ctx: Context, phase: str | None, hosts: list[str]) -> str:
+    if phase == schema.PHASE_DATA:
+        iowait = max((ctx.gauge("cpu.iowait_pct", h) or 0) for h in hosts)
+        return "I/O on its host" if iowait >= IOWAIT_PCT else "data loading"
+    return "compute" if phase else "outside the recorded phases"
+
+
+def _advice(cause: str, who: str) -> str:
+    if cause == "compute":
+        return (f"Find out why {who} computes slower: compare its CPU/GPU model, clocks and thermal throttling, "
+                "thread settings and other processes on its host with the others (tbdprof compare, the report's "
+                "environment table); fix or exclude the node, or give it less work.")
+    if cause == "I/O on its host":
+        return (f"The storage {who} reads from is slow (high iowait): stage the data set on local disk or in memory "
+                "on that host, or check the disk and the network file system.")
+    if cause == "data loading":
+        return (f"The data loader of {who} is slower than the others': give it more workers or prefetching, and "
+                "check its host's CPU load and storage.")
+    return f"{who} loses time outside the phases tbdprof times: time the rest of its loop with prof.phase()."
+
+
+def imbalance(ctx: Context) -> list[Finding]:
+    """Uneven work across ranks: wide arrival spread, no consistent straggler, explained by work per step."""
+    s = ctx.sync
+    severity = graded(s.get("spread_fraction"), SPREAD_WARNING, SPREAD_CRITICAL)
+    if (not severity or late_ranks(ctx) or (s["work_cv"] or 0) < WORK_CV or (s["work_lateness_corr"] or 0) < WORK_CORR):
+        return []
+    spread = ctx.steps.get("step_time_spread", {})
+    evidence = {
+        "arrival_spread_s": s["spread_s"], "arrival_spread_fraction": s["spread_fraction"], "step_s": s["step_s"],
+        "work_cv_across_ranks": s["work_cv"], "work_lateness_corr": s["work_lateness_corr"],
+        "last_share": {r: v["last_share"] for r, v in s["per_rank"].items()},
+        "step_time_cv": spread.get("cv"), "steps": s["steps"],
+    }
+    return [Finding(
+        kind="imbalance", severity=severity, ranks=sorted(s["per_rank"]),
+        title=(f"uneven work across ranks: each step the fastest waits {s['spread_fraction']:.0%} of the step "
+               f"for the slowest, a different rank each time (work per step varies {s['work_cv']:.0%} across ranks)"),
+        evidence=evidence, time_range_s=ctx.window_s, score=s["spread_fraction"],
+        recommendation=("Balance the work per step across ranks: batch by a token/frame budget instead of a sample "
+                        "count, bucket lengths globally so all ranks draw similar lengths in a step, or pack "
+                        "sequences; with variable work, larger global batches average it out."),
+    )]
