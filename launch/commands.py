@@ -59,24 +59,25 @@ def _spec(args, hosts, run_dir, command):
     )
 
 
-def _run_dir(args, run_id: str):
+def _launch(args, launcher, spec, meta, announce: str = "") -> int:
+    """Dry-run, write (SLURM without --submit) or check and run one launch."""
+    from .execute import execute, preflight, print_plan, write_plan
     from .local import new_run_dir
-
-    return Path(args.out).absolute() / run_id if args.dry_run else new_run_dir(Path(args.out).absolute(), run_id, "")
-
-
-def _launch(args, launcher, spec, meta) -> int:
-    from .execute import execute, print_plan, write_plan
 
     if args.dry_run:
         print_plan(launcher, spec)
         return 0
-    if launcher.name == "slurm" and not getattr(args, "submit", False):
-        for path in write_plan(launcher.plan(spec), spec, meta):
+    write_only = launcher.name == "slurm" and not getattr(args, "submit", False)
+    plan = launcher.plan(spec) if write_only else preflight(launcher, spec)
+    new_run_dir(spec.run_dir.parent, spec.run_dir.name, "")
+    if write_only:
+        for path in write_plan(plan, spec, meta):
             print(f"tbdprof: wrote {path} (submit it with sbatch, or rerun with --submit)", file=sys.stderr)
         return 0
+    if announce:
+        print(announce, file=sys.stderr)
     stage = Path(args.stage_dir).absolute() if args.stage_dir else None
-    return execute(launcher, spec, meta, stage)
+    return execute(plan, spec, meta, stage)
 
 
 def cmd_launch(args) -> int:
@@ -88,12 +89,11 @@ def cmd_launch(args) -> int:
     wl, _ = validate(args)
     launcher = launchers.get(args.launcher)
     hosts = _hosts(args, args.nproc)
-    run_dir = _run_dir(args, args.run_id or f"{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir = Path(args.out).absolute() / (args.run_id or f"{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = _spec(args, hosts, run_dir, [sys.executable, "-m", "tbdprof.workloads.train", *runner_argv(args)])
     meta = {"workload": wl.name, "preset": args.preset, "profiled": not args.no_profile}
-    if not args.dry_run:
-        print(f"tbdprof: launch {run_dir} ({spec.nproc} ranks on {', '.join(map(str, hosts))}, {launcher.name})", file=sys.stderr)
-    code = _launch(args, launcher, spec, meta)
+    announce = f"tbdprof: launch {run_dir} ({spec.nproc} ranks on {', '.join(map(str, hosts))}, {launcher.name})"
+    code = _launch(args, launcher, spec, meta, announce)
     if code == 0 and not (args.dry_run or args.no_profile or args.no_report or args.launcher == "slurm"):
         args.then_report = run_dir
     return code
@@ -104,13 +104,14 @@ def cmd_sweep(args) -> int:
 
     from ..workloads.train import runner_argv, validate
     from . import launchers
+    from .local import new_run_dir
     from .sweep import entry, plan_sweep, run_sweep
 
     wl, preset = validate(_with(args, batch_size=None))
     launcher = launchers.get(args.launcher)
     configs = plan_sweep(args.nproc, args.batch_size or [preset.batch_size], args.repeat, args.scaling)
     sweep_id = args.run_id or f"sweep-{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_dir = _run_dir(args, sweep_id)
+    sweep_dir = Path(args.out).absolute() / sweep_id
     planned = []
     for c in configs:  # every configuration is checked before the first run starts
         hosts = _hosts(args, c.nproc)
@@ -123,13 +124,12 @@ def cmd_sweep(args) -> int:
             print(f"# === {c.run_id}: {c.nproc} ranks, batch {c.batch_size}/rank, {c.global_batch_size} global ===")
             _launch(args, launcher, spec, {})
         return 0
-    meta = {"workload": wl.name, "preset": args.preset, "profiled": not args.no_profile}
+    new_run_dir(sweep_dir.parent, sweep_id, "")
+    meta = {"workload": wl.name, "preset": args.preset, "profiled": not args.no_profile, "sweep": sweep_id}
 
     def launch_one(i: int) -> int:
-        spec = planned[i]
-        spec.run_dir.mkdir()
-        print(f"tbdprof: sweep run {i + 1}/{len(planned)}: {spec.run_dir.name}", file=sys.stderr)
-        return _launch(args, launcher, spec, meta | {"sweep": sweep_id, "batch_size": configs[i].batch_size})
+        announce = f"tbdprof: sweep run {i + 1}/{len(planned)}: {planned[i].run_dir.name}"
+        return _launch(args, launcher, planned[i], meta | {"batch_size": configs[i].batch_size}, announce)
 
     entries = [entry(c, [str(h) for h in s.hosts], s.run_dir) for c, s in zip(configs, planned)]
     index = {"workload": wl.name, "preset": args.preset, "scaling": args.scaling, "launcher": launcher.name, "steps": args.steps}

@@ -21,8 +21,9 @@ from .local import LaunchError, exit_code, wait_all
 from .remote import check_reachable
 
 
-def print_plan(launcher: Launcher, spec: Spec, out: TextIO = sys.stdout) -> None:
+def print_plan(launcher: Launcher, spec: Spec, out: TextIO | None = None) -> None:
     """``--dry-run``: the files a launch would write and its exact command lines."""
+    out = out or sys.stdout
     plan = launcher.plan(spec)
     for path, text in plan.files.items():
         print(f"# --- {path} ---", file=out)
@@ -45,23 +46,28 @@ def write_plan(plan: Plan, spec: Spec, meta: dict, status: str = "prepared") -> 
     return list(plan.files)
 
 
-def execute(launcher: Launcher, spec: Spec, meta: dict, stage: Path | None = None) -> int:
-    """Launch ``spec`` with ``launcher``; returns the job's exit code.
-
-    ``stage``: ranks wrote under this folder on their own hosts (no shared
-    filesystem); their folders are gathered into ``spec.run_dir`` at the end.
-    """
+def preflight(launcher: Launcher, spec: Spec) -> Plan:
+    """The plan, once the launcher is known installed and every remote host answers."""
     plan = launcher.plan(spec)
     launcher.check()
     if plan.remote_hosts:
         check_reachable(plan.remote_hosts)
+    return plan
+
+
+def execute(plan: Plan, spec: Spec, meta: dict, stage: Path | None = None) -> int:
+    """Run a checked ``plan`` into the (created) ``spec.run_dir``; returns the job's exit code.
+
+    ``stage``: ranks write under this folder on their own hosts (no shared
+    filesystem); their folders are gathered into ``spec.run_dir`` at the end.
+    """
     write_plan(plan, spec, meta, status="running")
     if not plan.waits:
         return _submit(plan, spec.run_dir)
     try:
         procs = [subprocess.Popen(p.argv, env=os.environ | p.env, stdin=subprocess.DEVNULL) for p in plan.procs]
     except OSError as e:
-        raise LaunchError(f"launcher {launcher.name}: cannot start {e.filename}: {e.strerror}") from None
+        raise LaunchError(f"launcher {plan.launcher}: cannot start {e.filename}: {e.strerror}") from None
     codes = wait_all(procs)
     code = exit_code(codes)
     if stage is not None:

@@ -68,6 +68,9 @@ def unavailable() -> str | None:
     """Why a testbed cannot be made here (not root, no namespaces), or None."""
     if os.geteuid() != 0:
         return "the multi-node testbed needs root (network namespaces, veth, sshd)"
+    res = subprocess.run(["bash", str(SCRIPT), "deps"], capture_output=True, text=True)
+    if res.returncode:
+        return (res.stderr.strip().splitlines() or ["testbed.sh deps failed"])[-1]
     probe = "tbdp-probe"
     res = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if res.returncode:

@@ -5,6 +5,7 @@
 #   testbed.sh shape [--bandwidth RATE|none] [--delay TIME] [--state DIR]
 #   testbed.sh exec HOST COMMAND...     run COMMAND on HOST (its network, hostname, /etc/hosts)
 #   testbed.sh down [--state DIR]
+#   testbed.sh deps                     install what the testbed needs (apt-get)
 #
 # Each host nodeI is a network namespace with an eth0 (198.18.0.(I+1)/24, a veth
 # on a bridge that has no address: the root namespace cannot reach the hosts and
@@ -191,5 +192,6 @@ cmd_down() {
 
 case ${1:-} in
     up | shape | exec | down) c=$1; shift; "cmd_$c" "$@" ;;
-    *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    deps) need_tools ;;
+    *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac
