@@ -221,3 +221,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--hostfile", default=None, help="or a hostfile")
     s.add_argument("--source", default=None, help="the run's folder on the hosts (default: the same path as run_dir)")
     s.set_defaults(func=cmd_gather)
+
+    from .profile import add_parser as add_profile_parser
+
+    add_profile_parser(sub)
