@@ -25,3 +25,10 @@ def test_two_hosts_two_ranks(hosts2, tmp_path, launcher):
     summary = summarize(run)
     assert summary["complete"] and summary["world_size"] == 4 and summary["hosts"] == ["node0", "node1"]
     assert summary["steps"] == 5 - summary["warmup_steps"]
+
+
+def test_horovodrun_two_hosts(hosts2, tmp_path):
+    pytest.importorskip("horovod.torch", reason="Horovod is not installed (build it with `make horovod`)")
+    run_dir = launch(hosts2, tmp_path, "hvd", "horovodrun", "node0:1,node1:1", "--steps", "3", "--engine", "horovod")
+    assert store.read_json(run_dir / "run.json")["launcher"] == "horovodrun"
+    assert {m["host"] for m in open_run(run_dir).ranks.values()} == {"node0", "node1"}
