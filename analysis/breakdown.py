@@ -1,12 +1,13 @@
 """Where a step's time goes: phases and communication (exposed vs overlapped), per rank.
 
-Interval arithmetic runs in DuckDB as one sweep per rank: every span of the
-sets involved becomes a +1 event at its start and a -1 event at its end; a
-running sum per set over the sorted events says, between two consecutive
-event times, how many spans of each set are open. The measure of a set is
-the time its count is above zero, so concurrent communication buckets count
-once, and the measure of an intersection the time both counts are. One sort
-per rank: O(n log n) whatever the overlaps.
+Interval arithmetic runs in DuckDB. The base spans (communication) of each
+rank are merged into islands (gaps and islands over the spans sorted by
+start), so concurrent buckets count once; each island is then intersected
+with the phases of the same rank in the steps it touches (an equality join
+on rank and step, never a range join) and the overlaps summed. Only the base
+spans are sorted, so a 64-rank hour costs seconds. Phases of one rank are the
+training thread's and do not overlap each other (the recorder's model of a
+step), which is what makes the sum of overlaps the measure of the intersection.
 """
 
 from __future__ import annotations
@@ -24,26 +25,37 @@ _ANY_PHASE = "kind = 'phase'"
 
 def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> dict[int, dict[str, int]]:
     """Per rank: ``total``, the measure of the union of spans matching ``base``, and for each
-    ``others`` label the measure of that union inside the union of the spans matching its condition.
+    ``others`` label the measure of that union inside the spans (phases) matching its condition.
 
     Conditions are SQL over the ``spans`` view, without parameters.
     """
     others = others or {}
-    sets = {"total": base} | others
-    flags = ", ".join(f"CASE WHEN {cond} THEN 1 ELSE 0 END AS f{i}" for i, cond in enumerate(sets.values()))
-    cols = [f"f{i}" for i in range(len(sets))]
-    events = " UNION ALL ".join(f"SELECT rank, {t} AS t, {', '.join(f'{sign}{c} AS {c}' for c in cols)} FROM s"
-                                for t, sign in (("start_ns", ""), ("end_ns", "-")))
-    open_ = ", ".join(f"sum(sum({c})) OVER w AS {c}" for c in cols)
-    measures = ", ".join(f"coalesce(sum(len) FILTER (WHERE f0 > 0 AND {c} > 0), 0)" for c in cols)
-    where = " OR ".join(f"({cond})" for cond in sets.values())
-    rows = run.sql(
-        f"WITH s AS (SELECT rank, start_ns, end_ns, {flags} FROM spans WHERE end_ns > start_ns AND ({where})), "
-        f"swept AS (SELECT rank, lead(t) OVER (PARTITION BY rank ORDER BY t) - t AS len, {open_} FROM ({events}) "
-        "GROUP BY rank, t WINDOW w AS (PARTITION BY rank ORDER BY t ROWS UNBOUNDED PRECEDING)) "
-        f"SELECT rank, {measures} FROM swept GROUP BY rank HAVING sum(len) FILTER (WHERE f0 > 0) > 0"
+    islands = (
+        f"WITH b AS (SELECT rank, step, start_ns, end_ns FROM spans WHERE end_ns > start_ns AND ({base})), "
+        "m AS (SELECT *, max(end_ns) OVER (PARTITION BY rank ORDER BY start_ns, end_ns "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end FROM b), "
+        "g AS (SELECT *, sum(CASE WHEN prev_end IS NULL OR start_ns > prev_end THEN 1 ELSE 0 END) "
+        "OVER (PARTITION BY rank ORDER BY start_ns, end_ns ROWS UNBOUNDED PRECEDING) AS island FROM m), "
+        "i AS (SELECT rank, island, min(start_ns) AS s, max(end_ns) AS e, min(step) AS lo, max(step) AS hi FROM g GROUP BY ALL)"
     )
-    return {r: dict(zip(sets, map(int, vals))) for r, *vals in rows}
+    labels = list(others)
+    query = f"{islands}, tot AS (SELECT rank, sum(e - s) AS total FROM i GROUP BY rank)"
+    if labels:
+        flags = ", ".join(f"({others[k]}) AS f{j}" for j, k in enumerate(labels))
+        sums = ", ".join(f"sum(o) FILTER (WHERE f{j}) AS f{j}" for j in range(len(labels)))
+        # an island touches the phases of the steps it spans (and one either side, for edges)
+        query += (
+            ", x AS (SELECT rank, s, e, unnest(range(lo - 1, hi + 2)) AS step FROM i), "
+            f"p AS (SELECT rank, step, start_ns, end_ns, {flags} FROM spans "
+            f"WHERE {' OR '.join(f'({others[k]})' for k in labels)}), "
+            f"ov AS (SELECT x.rank, {sums.replace('sum(o)', 'sum(greatest(0, least(x.e, p.end_ns) - greatest(x.s, p.start_ns)))')} "
+            "FROM x JOIN p ON p.rank = x.rank AND p.step = x.step GROUP BY x.rank) "
+            f"SELECT tot.rank, tot.total, {', '.join(f'ov.f{j}' for j in range(len(labels)))} FROM tot LEFT JOIN ov USING (rank)"
+        )
+    else:
+        query += " SELECT rank, total FROM tot"
+    out = {rank: dict(zip(["total", *labels], (int(v or 0) for v in vals))) for rank, *vals in run.sql(query)}
+    return {r: v for r, v in out.items() if v["total"] > 0}
 
 
 def comm_overlap(run: Run) -> dict[int, dict[str, int]]:

@@ -52,6 +52,13 @@ class Run:
     def sql(self, query: str, params: list | None = None) -> list[tuple]:
         return self.con.execute(query, params or []).fetchall()
 
+    def cached(self, key, compute: Callable[[], T]) -> T:
+        """``compute()`` once per run and key: figures several analyses share."""
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
     def has(self, table: str) -> bool:
         return bool(self.files.get(table))
 
@@ -182,28 +189,45 @@ def _clock_params(run: Run) -> list[tuple[int, float, float, int]]:
     return rows
 
 
+def _shift_sql(col: str, a: float, b: float, t0: int) -> str:
+    """``col`` mapped onto rank 0's clock: an integer add (no float rounding of epoch ns)."""
+    if b == 0.0:
+        return f"{col} + {int(round(a))}" if round(a) else col
+    return f"{col} + CAST(round({a!r} + {b!r} * ({col} - {t0})) AS BIGINT)"
+
+
 def _connect(run: Run) -> duckdb.DuckDBPyConnection:
+    """DuckDB with one view per table: a UNION ALL of one scan per rank, with that rank's host,
+    rank and clock shift as constants (no join, no hive-path parsing per row)."""
     con = duckdb.connect()
     con.execute("SET threads TO 2")
     con.execute("SET enable_progress_bar = false")
-    con.execute("CREATE TABLE clock(rank BIGINT, a DOUBLE, b DOUBLE, t0 BIGINT)")
-    con.executemany("INSERT INTO clock VALUES (?, ?, ?, ?)", _clock_params(run))
+    clocks = {rank: (a, b, t0) for rank, a, b, t0 in _clock_params(run)}
     for table, cols in TIME_COLUMNS.items():
-        paths = run.files[table]
-        if not paths:
+        by_rank: dict[tuple[str, int], list[str]] = {}
+        for path in run.files[table]:
+            rank_dir = Path(path).parent
+            key = (rank_dir.parent.name.split("=", 1)[1], int(rank_dir.name.split("=", 1)[1]))
+            by_rank.setdefault(key, []).append(path)
+        if not by_rank:
             fields = ", ".join(f"NULL::{_duck_type(f)} AS {f.name}" for f in schema.TABLES[table])
             con.execute(f"CREATE VIEW {table} AS SELECT {fields}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false")
             continue
-        plist = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
-        shifted = ", ".join(
-            f"t.{c} + CAST(round(c.a + c.b * (t.{c} - c.t0)) AS BIGINT) AS {c}" for c in cols  # integer add: no rounding of epoch ns
-        )
-        con.execute(
-            f"CREATE VIEW {table} AS SELECT t.* REPLACE ({shifted}) FROM "
-            f"read_parquet({plist}, hive_partitioning=true, union_by_name=true) t "
-            f"JOIN clock c ON c.rank = t.rank"
-        )
+        scans = []
+        for (host, rank), paths in sorted(by_rank.items(), key=lambda kv: kv[0][1]):
+            a, b, t0 = clocks.get(rank, (0.0, 0.0, 0))
+            select = ", ".join(
+                f"{_shift_sql(f.name, a, b, t0)} AS {f.name}" if f.name in cols else f.name for f in schema.TABLES[table]
+            )
+            plist = "[" + ", ".join(_sql_str(p) for p in paths) + "]"
+            scans.append(f"SELECT {select}, {_sql_str(host)} AS host, {rank}::BIGINT AS rank "
+                         f"FROM read_parquet({plist}, hive_partitioning=false, union_by_name=true)")
+        con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(scans))
     return con
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
 
 
 def _duck_type(f) -> str:

@@ -4,23 +4,16 @@ from __future__ import annotations
 
 from tbdprof import schema
 
-from .load import Run, sql_list
-
-COUNTERS = tuple(m.name for m in schema.METRICS.values() if m.counter)
+from .load import Run
+from .timeline import COUNTERS, counter_rates, gauge_stats
 
 
 def system_figures(run: Run) -> dict:
     """Averages and totals over the run, per rank (process metrics) and per host (host metrics)."""
     if not run.has(schema.SAMPLES):
         return {}
-    gauges = run.sql(
-        f"SELECT host, rank, metric, device, avg(value), max(value) FROM samples "
-        f"WHERE metric NOT IN {sql_list(COUNTERS)} GROUP BY ALL ORDER BY ALL"
-    )
-    counters = run.sql(
-        f"SELECT host, rank, metric, device, max(value) - min(value), (max(ts_ns) - min(ts_ns)) / 1e9 FROM samples "
-        f"WHERE metric IN {sql_list(COUNTERS)} GROUP BY ALL ORDER BY ALL"
-    )
+    gauges = [r[:6] for r in gauge_stats(run, steady=False)]
+    counters = counter_rates(run, COUNTERS, steady=False)
     per_rank: dict[str, dict] = {}
     per_host: dict[str, dict] = {}
 
@@ -33,9 +26,9 @@ def system_figures(run: Run) -> dict:
     for host, rank, metric, device, avg, mx in gauges:
         key = metric if not device else f"{metric}[{device}]"
         slot(host, rank, metric)[key] = {"avg": avg, "max": mx}
-    for host, rank, metric, device, delta, dur in counters:
+    for (host, rank, metric, device), fig in counters.items():
         key = metric if not device else f"{metric}[{device}]"
-        slot(host, rank, metric)[key] = {"total": delta, "per_s": delta / dur if dur > 0 else None}
+        slot(host, rank, metric)[key] = fig
     return {"per_rank": per_rank, "per_host": per_host, "network": _network(per_host), "io": _io(per_rank)}
 
 

@@ -16,6 +16,7 @@ from tbdprof import schema
 from .load import Run, sql_list
 
 MAX_POINTS = 2000
+COUNTERS = tuple(m.name for m in schema.METRICS.values() if m.counter)
 
 Series = dict[str, list[tuple[float, float]]]
 
@@ -32,12 +33,6 @@ def label(metric: str, host: str, rank: int, device: str) -> str:
     return f"{who} {device}".strip()
 
 
-def bucket_ns(run: Run, metric: str, max_points: int = MAX_POINTS) -> int | None:
-    """The bucket width that keeps ``metric`` within ``max_points`` buckets (None: no readings)."""
-    hi = run.sql("SELECT max(ts_ns) FROM samples WHERE metric = ?", [metric])[0][0]
-    return _width(run, hi, max_points)
-
-
 def _width(run: Run, last_ns: int | None, max_points: int) -> int | None:
     """Bucket width in ns so that [t0, last_ns] spans at most ``max_points`` buckets."""
     if last_ns is None:
@@ -45,10 +40,43 @@ def _width(run: Run, last_ns: int | None, max_points: int) -> int | None:
     return max(1, -(-(last_ns - run.t0_ns + 1) // max(1, max_points)))
 
 
+def _samples_end(run: Run) -> int | None:
+    return run.cached("samples_end", lambda: run.sql("SELECT max(ts_ns) FROM samples")[0][0])
+
+
+def sample_buckets(run: Run) -> str | None:
+    """The name of a table of every series cut into ``MAX_POINTS`` time buckets, made once per run.
+
+    Columns: host, rank, metric, device, b (bucket), n (readings), mean, vmax, vmin,
+    t_first, t_last, v_first, v_last. Every figure over samples (timelines,
+    averages, counter totals and rates) reads this table instead of the
+    readings, so a run's samples are scanned once.
+    """
+    def make() -> str | None:
+        width = _width(run, _samples_end(run), MAX_POINTS) if run.has(schema.SAMPLES) else None
+        if width is None:
+            return None
+        run.sql(
+            "CREATE TEMP TABLE sample_buckets AS SELECT host, rank, metric, device, (ts_ns - ?) // ? AS b, "
+            "count(*) AS n, avg(value) AS mean, max(value) AS vmax, min(value) AS vmin, min(ts_ns) AS t_first, "
+            "max(ts_ns) AS t_last, arg_min(value, ts_ns) AS v_first, arg_max(value, ts_ns) AS v_last "
+            "FROM samples GROUP BY ALL",
+            [run.t0_ns, width],
+        )
+        return "sample_buckets"
+
+    return run.cached("sample_buckets", make)
+
+
+def bucket_width(run: Run) -> int | None:
+    return _width(run, _samples_end(run), MAX_POINTS) if run.has(schema.SAMPLES) else None
+
+
 def rate_sql(where: str = "metric = ?") -> str:
     """Consecutive-reading deltas of counter samples: (host, rank, metric, device, ts_ns, dv, dt_ns).
 
-    A negative delta (a counter reset) is dropped.
+    A negative delta (a counter reset) is dropped. Sorts every reading: for
+    streaming exports; figures use :func:`counter_buckets_sql`.
     """
     return (
         "SELECT host, rank, metric, device, ts_ns, CASE WHEN dv >= 0 THEN dv END AS dv, dt_ns FROM ("
@@ -57,23 +85,59 @@ def rate_sql(where: str = "metric = ?") -> str:
     )
 
 
+def counter_buckets_sql(where: str) -> str:
+    """Counter increases per bucket from :func:`sample_buckets` (create it first).
+
+    Rows: (host, rank, metric, device, b, t_last, dv, dt_ns): ``dv`` is the
+    increase from the previous bucket's last reading (the bucket's own first
+    reading, for the first bucket) to this bucket's last one, i.e. the sum of
+    the consecutive-reading deltas that end in the bucket; a drop (a counter
+    reset) counts as no increase. ``dt_ns`` is the time between those readings.
+    """
+    return (
+        "SELECT host, rank, metric, device, b, t_last, "
+        "greatest(0, v_last - v_first) + coalesce(greatest(0, v_first - lag(v_last) OVER w), 0) AS dv, "
+        "t_last - coalesce(lag(t_last) OVER w, t_first) AS dt_ns "
+        f"FROM sample_buckets WHERE {where} "
+        "WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY b)"
+    )
+
+
+def _all_series(run: Run, counters: bool) -> dict[str, Series]:
+    """Every gauge (or every counter) metric's series, from the bucket table."""
+    if sample_buckets(run) is None:
+        return {}
+    width = bucket_width(run)
+    cond = f"metric IN {sql_list(COUNTERS)}"
+    if counters:
+        query = f"SELECT host, rank, metric, device, b, dv / (dt_ns / 1e9) FROM ({counter_buckets_sql(cond)}) WHERE dt_ns > 0 ORDER BY ALL"
+    else:
+        query = f"SELECT host, rank, metric, device, b, mean FROM sample_buckets WHERE NOT {cond} ORDER BY ALL"
+    out: dict[str, Series] = {}
+    for host, rank, metric, device, b, value in run.sql(query):
+        out.setdefault(metric, {}).setdefault(label(metric, host, rank, device), []).append(((b + 0.5) * width / 1e9, value))
+    return out
+
+
+def _rebucket(points: list[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
+    """Merge consecutive points so that at most ``max_points`` remain (means of x and y)."""
+    k = -(-len(points) // max_points)
+    if k <= 1:
+        return points
+    return [(sum(x for x, _ in chunk) / len(chunk), sum(y for _, y in chunk) / len(chunk))
+            for chunk in (points[i : i + k] for i in range(0, len(points), k))]
+
+
 def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: float = 1.0) -> Series:
     """``metric`` over time per (host or rank, device): (seconds since run start, value / scale).
 
-    Counters come back as per-second rates. At most ``max_points`` points per series.
+    Counters come back as per-second rates. At most ``max_points`` points per
+    series. The first call computes every metric of the same kind at once
+    and caches them on the run.
     """
-    width = bucket_ns(run, metric, max_points) if run.has(schema.SAMPLES) else None
-    if width is None:
-        return {}
-    if is_counter(metric):
-        query = (f"SELECT host, rank, device, (ts_ns - ?) // ? AS b, sum(dv) / (sum(dt_ns) / 1e9) FROM ({rate_sql()}) "
-                 "WHERE dv IS NOT NULL GROUP BY ALL ORDER BY ALL")
-    else:
-        query = "SELECT host, rank, device, (ts_ns - ?) // ? AS b, avg(value) FROM samples WHERE metric = ? GROUP BY ALL ORDER BY ALL"
-    out: Series = {}
-    for host, rank, device, b, value in run.sql(query, [run.t0_ns, width, metric]):
-        out.setdefault(label(metric, host, rank, device), []).append(((b + 0.5) * width / 1e9, value / scale))
-    return out
+    counters = is_counter(metric)
+    every = run.cached(("series", counters), lambda: _all_series(run, counters))
+    return {k: _rebucket([(t, v / scale) for t, v in pts], max_points) for k, pts in every.get(metric, {}).items()}
 
 
 def span_series(run: Run, where: str, max_points: int = MAX_POINTS) -> Series:
@@ -90,21 +154,36 @@ def span_series(run: Run, where: str, max_points: int = MAX_POINTS) -> Series:
 
 
 def counter_rates(run: Run, metrics: tuple[str, ...], steady: bool = True) -> dict[tuple, dict[str, float]]:
-    """Per (host, rank, metric, device): ``total`` over the run and the rate ``per_s`` of counter ``metrics``.
+    """Per (host, rank, metric, device): ``total`` increase over the run and the rate ``per_s`` of counter ``metrics``.
 
-    With ``steady`` the rate is taken over the readings inside
-    :attr:`Run.steady_window` when it holds at least two of them, otherwise
-    over the whole run.
+    With ``steady`` the rate is taken over the buckets that end inside
+    :attr:`Run.steady_window` (to one bucket, 1/MAX_POINTS of the run, at
+    its edges) when they hold an increase, otherwise over the whole run.
     """
-    if not run.has(schema.SAMPLES) or not metrics:
+    if not metrics or sample_buckets(run) is None:
         return {}
-    query = (f"SELECT host, rank, metric, device, sum(dv), sum(dt_ns) / 1e9 FROM ({rate_sql(f'metric IN {sql_list(metrics)} AND ts_ns BETWEEN ? AND ?')}) "
-             "WHERE dv IS NOT NULL GROUP BY ALL ORDER BY ALL")
-    everything = run.sql(query, [-(2**62), 2**62])
     window = run.steady_window if steady else None
-    inside = {tuple(r[:4]): r for r in run.sql(query, list(window))} if window else {}
+    lo, hi = window or (0, 0)
+    query = (
+        "SELECT host, rank, metric, device, sum(dv), sum(dt_ns), "
+        "sum(dv) FILTER (WHERE t_last - dt_ns >= ? AND t_last <= ?), sum(dt_ns) FILTER (WHERE t_last - dt_ns >= ? AND t_last <= ?) "
+        f"FROM ({counter_buckets_sql(f'metric IN {sql_list(metrics)}')}) GROUP BY ALL ORDER BY ALL"
+    )
     out = {}
-    for row in everything:
-        *_, delta, secs = inside.get(tuple(row[:4]), row)
-        out[tuple(row[:4])] = {"total": row[4], "per_s": delta / secs if secs else None}
+    for host, rank, metric, device, total, t_all, d_win, t_win in run.sql(query, [lo, hi, lo, hi]):
+        delta, secs = (d_win, t_win) if window and t_win else (total, t_all)
+        out[(host, rank, metric, device)] = {"total": total, "per_s": delta / (secs / 1e9) if secs else None}
     return out
+
+
+def gauge_stats(run: Run, metrics: tuple[str, ...] | None = None, steady: bool = True) -> list[tuple]:
+    """(host, rank, metric, device, avg, max, readings) of gauge ``metrics`` (all gauges when None),
+    over the buckets inside the steady window when there are any, else the whole run."""
+    if sample_buckets(run) is None:
+        return []
+    cond = f"metric IN {sql_list(metrics)}" if metrics else f"metric NOT IN {sql_list(COUNTERS)}"
+    query = (f"SELECT host, rank, metric, device, sum(mean * n) / sum(n), max(vmax), sum(n) FROM sample_buckets "
+             f"WHERE {cond} AND t_first >= ? AND t_last <= ? GROUP BY ALL ORDER BY ALL")
+    window = run.steady_window if steady else None
+    rows = run.sql(query, list(window)) if window else []
+    return rows or run.sql(query, [-(2**62), 2**62])

@@ -18,22 +18,12 @@ from __future__ import annotations
 
 from tbdprof import schema
 
-from .load import Run, sql_list
+from .load import Run
+from .timeline import gauge_stats
 
 GPU_METRICS = ("gpu.util_pct", "gpu.mem_util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "gpu.power_w")
 CPU_METRICS = ("cpu.process_pct", "cpu.process_threads", "cpu.system_pct", "cpu.core_pct", "cpu.iowait_pct", "cpu.runnable")
 FP32_UNAVAILABLE = "unavailable: needs FP32 instruction counters (CUPTI/Nsight), which tbdprof does not record"
-
-
-def gauge_stats(run: Run, metrics: tuple[str, ...]) -> list[tuple]:
-    """(host, rank, metric, device, avg, max, readings) over the steady window (else the whole run)."""
-    if not run.has(schema.SAMPLES):
-        return []
-    query = (f"SELECT host, rank, metric, device, avg(value), max(value), count(*) FROM samples "
-             f"WHERE metric IN {sql_list(metrics)} AND ts_ns BETWEEN ? AND ? GROUP BY ALL ORDER BY ALL")
-    window = run.steady_window
-    rows = run.sql(query, list(window)) if window else []
-    return rows or run.sql(query, [-(2**62), 2**62])
 
 
 def utilization(run: Run) -> dict:
