@@ -51,19 +51,19 @@ class Facts:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     pid: int
-    mp_child: bool  # started by multiprocessing (fork, spawn or forkserver)
+    mp_child: bool  # multiprocessing.parent_process() is set
 
 
 def facts() -> Facts:
     """The facts of this process."""
     mp = sys.modules.get("multiprocessing.process")
-    argv = tuple(sys.argv)
-    # A spawned child runs its main module (and imports torch) before
-    # parent_process() is set; its command line says what it is.
-    mp_child = (mp is not None and mp.parent_process() is not None) or any(
-        "--multiprocessing-fork" == a or "multiprocessing.forkserver" in a for a in argv
-    )
-    return Facts(argv, os.environ, os.getpid(), mp_child)
+    return Facts(tuple(sys.argv), os.environ, os.getpid(), mp is not None and mp.parent_process() is not None)
+
+
+def _mp_started(argv: tuple[str, ...]) -> bool:
+    # A spawned (or forkserver) child runs its main module, and imports torch,
+    # before parent_process() is set; its command line says what it is.
+    return any(a == "--multiprocessing-fork" or "multiprocessing.forkserver" in a for a in argv)
 
 
 def _program(argv: tuple[str, ...]) -> str:
@@ -87,7 +87,7 @@ class Rule:
 # Ordered; the first rule that matches names the process's role. Only "rank" records.
 RULES: tuple[Rule, ...] = (
     Rule("off", f"not started by tbdprof profile ({ENV_AUTO} unset)", lambda f: f.env.get(ENV_AUTO) != "1"),
-    Rule("worker", "a multiprocessing child (DataLoader worker, pool process)", lambda f: f.mp_child),
+    Rule("worker", "a multiprocessing child (DataLoader worker, pool process)", lambda f: f.mp_child or _mp_started(f.argv)),
     Rule("launcher", "a launcher's agent or driver (torchrun, horovodrun)", lambda f: _is_launcher(f.argv)),
     Rule("helper", "a subprocess of a recording rank", lambda f: f.env.get(ENV_RANK_PID, str(f.pid)) != str(f.pid)),
     Rule("rank", "a training process", lambda f: True),
