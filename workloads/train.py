@@ -57,6 +57,11 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     hvd.add_argument("--horovod-timeline", action="store_true", help="record Horovod's timeline into the run's store")
     p.add_argument("--memory-every", type=int, default=20, help="measure the memory breakdown every N steps (default 20)")
     p.add_argument("--no-profile", action="store_true", help="run the same loop without the profiler (baseline)")
+    fault = p.add_argument_group("fault injection (for experiments: plant a known bottleneck, then `tbdprof diagnose`)")
+    fault.add_argument("--data-delay-ms", type=float, default=0.0, help="every sample takes this much longer to load (slow storage)")
+    fault.add_argument("--slow-rank", type=int, default=None, metavar="R", help="this rank is slower in its forward phase (a straggler)")
+    fault.add_argument("--slow-ms", type=float, default=0.0, help="how much slower per step --slow-rank is")
+    fault.add_argument("--slow-mode", default="sleep", choices=["sleep", "burn"], help="the straggler sleeps or burns CPU")
 
 
 def runner_argv(args) -> list[str]:
@@ -76,6 +81,7 @@ def runner_argv(args) -> list[str]:
 
 def validate(args) -> tuple:
     """Check the options before any process group exists; returns (workload, preset)."""
+    from .base import Workload
     from .registry import UnknownWorkload, get
 
     try:
@@ -90,6 +96,10 @@ def validate(args) -> tuple:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
     if args.warmup < 0 or (args.num_workers is not None and args.num_workers < 0):
         raise UsageError("--warmup and --num-workers must not be negative")
+    if args.data_delay_ms < 0 or args.slow_ms < 0 or (args.slow_rank is not None and args.slow_ms == 0):
+        raise UsageError("--data-delay-ms and --slow-ms must not be negative; --slow-rank needs --slow-ms")
+    if args.slow_rank is not None and type(wl).train_step is not Workload.train_step:
+        raise UsageError(f"--slow-rank: workload {wl.name} runs its own step; the runner can only slow its forward phase")
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
     from .engines import EngineUnavailable, engine_env
@@ -174,6 +184,8 @@ def train(args) -> int:
         )
     try:
         dataset = wl.dataset(root, preset, train=True)
+        if args.data_delay_ms:
+            dataset = _Delayed(dataset, args.data_delay_ms / 1e3)
     except DataFormatError as e:
         raise UsageError(str(e)) from None
 
@@ -236,6 +248,7 @@ def train(args) -> int:
                 if not handled:
                     with phase("forward"), autocast():
                         loss = wl.loss(model, batch)
+                        _stall(args, info.rank)  # after DDP's buffer broadcast, as a slower device would be
                     with phase("backward"):
                         (scaler.scale(loss) if scaler else loss).backward()
                     with phase("optimizer"):
@@ -262,6 +275,36 @@ def train(args) -> int:
         print(f"tbdprof: rank 0 ran {step} steps, median {statistics.median(steady) * 1e3:.1f} ms/step", file=sys.stderr)
     engine.shutdown()
     return 0
+
+
+class _Delayed:
+    """A data set whose items each take ``delay_s`` longer to load (--data-delay-ms)."""
+
+    def __init__(self, dataset, delay_s: float):
+        self.dataset, self.delay_s = dataset, delay_s
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        time.sleep(self.delay_s)
+        return self.dataset[i]
+
+    def __getattr__(self, name):  # meta, lengths... of the wrapped data set
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def _stall(args, rank: int) -> None:
+    """--slow-rank: sleep or spin for --slow-ms on that rank."""
+    if rank != args.slow_rank:
+        return
+    end = time.perf_counter() + args.slow_ms / 1e3
+    if args.slow_mode == "sleep":
+        time.sleep(args.slow_ms / 1e3)
+    while time.perf_counter() < end:
+        pass
 
 
 class _Null:

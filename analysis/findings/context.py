@@ -12,19 +12,23 @@ is the start of its last communication span, the moment its own gradients
 were ready; its *tail* is from arrival to the end of its collectives, the
 time it could not hide behind its own compute (with DDP, ``backward``
 blocks for it). The last rank to arrive waits for nobody, so its tail is
-pure communication; the others' tails add the wait for the late rank.
+pure communication; the others' tails add the wait for the late rank. A
+rank's *lateness* in a step is the later of its arrival and of the start of
+its forward phase, each against the earliest rank: a rank slow to load its
+batch starts forward late, and models whose forward opens with a collective
+(DDP's buffer broadcast) make the others wait there, before any gradient.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
+from statistics import median
 
 import pyarrow as pa
 
 from tbdprof import schema
 
-from ..load import Run
-from ..steps import step_stats
+from ..load import Run, sql_list
 from ..utilization import gauge_stats
 
 PHASES = (schema.PHASE_DATA, schema.PHASE_H2D, schema.PHASE_FORWARD, schema.PHASE_BACKWARD, schema.PHASE_OPTIMIZER)
@@ -43,11 +47,6 @@ class Context:
     # --- steps ----------------------------------------------------------------
 
     @cached_property
-    def steps(self) -> dict:
-        """:func:`tbdprof.analysis.steps.step_stats`."""
-        return step_stats(self.run)
-
-    @cached_property
     def window_s(self) -> tuple[float, float] | None:
         """The steady-state window in seconds since the run's first timestamp."""
         w = self.run.steady_window
@@ -55,32 +54,40 @@ class Context:
 
     @cached_property
     def _step_table(self) -> str:
-        phases = ", ".join(f"coalesce(sum(end_ns - start_ns) FILTER (WHERE kind = 'phase' AND name = '{p}'), 0) AS {p}"
-                           for p in PHASES)
-        comm = f"kind = '{schema.KIND_COMM}'"
+        """``diag_step``: one row per rank and steady step: ``step_ns``, ``items`` and, where the rank
+        communicated in the step, ``arrival`` (last bucket handed over), ``tail`` (arrival to its last
+        completion), ``busy`` (first bucket to last completion), ``comm_bytes``; ``fwd_start``."""
+        step, comm = f"kind = '{schema.KIND_STEP}'", f"kind = '{schema.KIND_COMM}'"
+        fwd = f"kind = '{schema.KIND_PHASE}' AND name = '{schema.PHASE_FORWARD}'"
         self.run.sql(
-            "CREATE OR REPLACE TEMP TABLE diag_step AS SELECT rank, step, any_value(host) AS host, "
-            f"sum(end_ns - start_ns) FILTER (WHERE kind = '{schema.KIND_STEP}') AS step_ns, "
-            f"sum(items) FILTER (WHERE kind = '{schema.KIND_STEP}') AS items, {phases}, "
-            f"min(start_ns) FILTER (WHERE {comm}) AS comm_first, max(start_ns) FILTER (WHERE {comm}) AS arrival, "
-            f"max(end_ns) FILTER (WHERE {comm}) AS comm_done, sum(bytes) FILTER (WHERE {comm}) AS comm_bytes "
-            f"FROM spans WHERE step >= ? AND kind IN ('{schema.KIND_STEP}', '{schema.KIND_PHASE}', '{schema.KIND_COMM}') "
-            f"GROUP BY rank, step HAVING count(*) FILTER (WHERE kind = '{schema.KIND_STEP}') > 0",
-            [self.run.warmup_steps],
-        )
+            "CREATE OR REPLACE TEMP TABLE diag_step AS SELECT rank, step, "
+            f"sum(end_ns - start_ns) FILTER (WHERE {step}) AS step_ns, sum(items) FILTER (WHERE {step}) AS items, "
+            f"max(start_ns) FILTER (WHERE {comm}) AS arrival, max(end_ns) FILTER (WHERE {comm}) - max(start_ns) FILTER (WHERE {comm}) AS tail, "
+            f"max(end_ns) FILTER (WHERE {comm}) - min(start_ns) FILTER (WHERE {comm}) AS busy, sum(bytes) FILTER (WHERE {comm}) AS comm_bytes, "
+            f"min(start_ns) FILTER (WHERE {fwd}) AS fwd_start FROM spans WHERE step >= ? AND ({step} OR {comm} OR {fwd}) "
+            f"GROUP BY rank, step HAVING count(*) FILTER (WHERE {step}) > 0",
+            [self.run.warmup_steps])
         return "diag_step"
 
     @cached_property
     def per_rank(self) -> dict[int, dict]:
         """Per rank: ``host``, ``steps``, ``step_s`` (median), ``data_wait_fraction`` (of step time),
-        ``phase_s`` (mean seconds per step of each standard phase), ``tail_s`` (median)."""
-        avgs = ", ".join(f"avg({p}) / 1e9" for p in PHASES)
+        ``phase_s`` (mean seconds per step of each standard phase), ``tail_s`` (median communication
+        tail, 0 without collectives)."""
+        counts = {r: (n, med) for r, n, med in self.run.sql(
+            f"SELECT rank, count(*), median(step_ns) / 1e9 FROM {self._step_table} GROUP BY rank")}
         rows = self.run.sql(
-            f"SELECT rank, any_value(host), count(*), median(step_ns) / 1e9, sum(data_wait) / nullif(sum(step_ns), 0), "
-            f"median(comm_done - arrival) / 1e9, {avgs} FROM {self._step_table} GROUP BY rank ORDER BY rank"
-        )
-        return {r: {"host": h, "steps": n, "step_s": st, "data_wait_fraction": dw, "tail_s": tail,
-                    "phase_s": dict(zip(PHASES, ph))} for r, h, n, st, dw, tail, *ph in rows}
+            "SELECT rank, any_value(host), name, sum(end_ns - start_ns) / 1e9 FROM spans WHERE step >= ? AND "
+            f"(kind = '{schema.KIND_STEP}' OR (kind = '{schema.KIND_PHASE}' AND name IN {sql_list(PHASES)})) GROUP BY rank, name",
+            [self.run.warmup_steps])
+        totals: dict[int, dict] = {}
+        for rank, host, name, secs in rows:
+            totals.setdefault(rank, {"host": host})[name] = secs
+        tails = {r: v["tail_s"] for r, v in self.sync.get("per_rank", {}).items()}
+        return {rank: {"host": t["host"], "steps": counts[rank][0], "step_s": counts[rank][1],
+                       "data_wait_fraction": t.get(schema.PHASE_DATA, 0) / t[schema.KIND_STEP],
+                       "phase_s": {p: t.get(p, 0) / counts[rank][0] for p in PHASES}, "tail_s": tails.get(rank, 0.0)}
+                for rank, t in sorted(totals.items()) if rank in counts and t.get(schema.KIND_STEP)}
 
     @cached_property
     def steady_steps(self) -> int:
@@ -106,47 +113,49 @@ class Context:
     def sync(self) -> dict:
         """How ranks meet in their collectives, over the steady steps every communicating rank recorded.
 
-        Run level: ``ranks``, ``steps``, ``step_s`` (median), ``spread_s`` and
-        ``spread_fraction`` (median of last minus first arrival, and of it over
-        step time), ``comm_tail_s``/``comm_tail_fraction`` (median tail of the
+        Run level: ``ranks``, ``steps``, ``step_s`` (median), ``step_cv`` (of all
+        steady steps of all ranks), ``spread_s`` and
+        ``spread_fraction`` (median of the latest minus the earliest rank's
+        lateness, and of it over step time), ``comm_tail_s``/``comm_tail_fraction`` (median tail of the
         last rank to arrive: pure communication), ``comm_bytes`` and
         ``comm_busy_s`` (median per step: bytes, and first bucket to last
         completion), ``work_cv`` (median over steps of the coefficient of
         variation of work across ranks; work = units per step where the
         runner recorded them, else items), ``work_lateness_corr`` (correlation
         of a rank's extra work with its lateness). ``per_rank``: ``lateness_s``
-        (median of arrival minus the step's first arrival), ``last_share``
+        (median lateness beyond the step's earliest rank), ``last_share``
         (share of steps it arrived last), ``tail_s`` (median).
         Empty when fewer than two ranks communicate.
         """
-        steps, units = self._step_table, self._units_table
+        work = "coalesce(u.units, d.items)"
         self.run.sql(
-            "CREATE OR REPLACE TEMP TABLE diag_sync AS WITH s AS ("
-            "SELECT d.rank, d.step, d.step_ns, d.arrival, d.comm_done - d.arrival AS tail, d.comm_done - d.comm_first AS busy, "
-            f"d.comm_bytes, coalesce(u.units, d.items) AS work FROM {steps} d LEFT JOIN {units} u USING (rank, step) "
-            "WHERE d.arrival IS NOT NULL), "
-            "per_step AS (SELECT step, count(*) AS n, min(arrival) AS first, max(arrival) - min(arrival) AS spread, "
-            "arg_max(rank, arrival) AS last_rank, arg_max(tail, arrival) AS last_tail, median(step_ns) AS step_ns, "
-            "stddev_pop(work) / nullif(avg(work), 0) AS work_cv, avg(work) AS mean_work FROM s GROUP BY step) "
-            "SELECT s.*, p.first, p.spread, p.last_rank, p.last_tail, p.step_ns AS step_med, p.work_cv, p.mean_work "
-            "FROM s JOIN per_step p USING (step) WHERE p.n = (SELECT max(n) FROM per_step)"
-        )
+            "CREATE OR REPLACE TEMP TABLE diag_late AS WITH first AS (SELECT step, count(*) AS n, min(arrival) AS a0, "
+            f"min(fwd_start) AS f0 FROM {self._step_table} WHERE arrival IS NOT NULL GROUP BY step) "
+            "SELECT d.rank, d.step, d.step_ns, d.tail, d.busy, d.comm_bytes, d.arrival, "
+            "greatest(d.arrival - f.a0, coalesce(d.fwd_start - f.f0, 0)) AS late, "
+            f"{work} AS work FROM diag_step d JOIN first f USING (step) LEFT JOIN {self._units_table} u USING (rank, step) "
+            "WHERE d.arrival IS NOT NULL AND f.n = (SELECT max(n) FROM first)")
+        self.run.sql(
+            "CREATE OR REPLACE TEMP TABLE diag_meet AS SELECT step, max(late) - min(late) AS spread, min(late) AS late0, "
+            "arg_max(rank, late) AS last_rank, arg_max(tail, arrival) AS last_tail, median(step_ns) AS step_med, "
+            "stddev_pop(work) / nullif(avg(work), 0) AS work_cv, avg(work) AS mean_work FROM diag_late GROUP BY step")
         run_row = self.run.sql(
-            "SELECT count(DISTINCT rank), count(DISTINCT step), median(step_med) / 1e9, median(spread) / 1e9, "
-            "median(spread / step_med), median(last_tail) / 1e9, median(last_tail / step_med), median(comm_bytes), "
-            "median(busy) / 1e9, median(work_cv), corr(work - mean_work, arrival - first) FROM diag_sync"
-        )[0]
-        if not run_row[0] or run_row[0] < 2:
+            "SELECT count(*), median(step_med) / 1e9, median(spread) / 1e9, median(spread / step_med), median(last_tail) / 1e9, "
+            "median(last_tail / step_med), median(work_cv) FROM diag_meet")[0]
+        ranks, step_cv = self.run.sql("SELECT count(DISTINCT rank) FILTER (WHERE arrival IS NOT NULL), "
+                                      "stddev_samp(step_ns) / avg(step_ns) FROM diag_step")[0]
+        if ranks < 2 or not run_row[0]:
             return {}
-        keys = ("ranks", "steps", "step_s", "spread_s", "spread_fraction", "comm_tail_s", "comm_tail_fraction",
-                "comm_bytes", "comm_busy_s", "work_cv", "work_lateness_corr")
-        out = dict(zip(keys, run_row))
-        out["per_rank"] = {
-            r: {"lateness_s": late, "last_share": share, "tail_s": tail}
-            for r, late, share, tail in self.run.sql(
-                "SELECT rank, median(arrival - first) / 1e9, avg(CASE WHEN rank = last_rank THEN 1 ELSE 0 END), "
-                "median(tail) / 1e9 FROM diag_sync GROUP BY rank ORDER BY rank")
-        }
+        per_rank = self.run.sql(
+            "SELECT d.rank, median(d.late - m.late0) / 1e9, avg(CASE WHEN d.rank = m.last_rank THEN 1 ELSE 0 END), "
+            "median(d.tail) / 1e9, median(d.comm_bytes), median(d.busy) / 1e9, regr_sxy(d.work - m.mean_work, d.late), "
+            "regr_sxx(d.work - m.mean_work, d.late), regr_syy(d.work - m.mean_work, d.late), count(*) "
+            "FROM diag_late d JOIN diag_meet m USING (step) GROUP BY d.rank ORDER BY d.rank")
+        keys = ("steps", "step_s", "spread_s", "spread_fraction", "comm_tail_s", "comm_tail_fraction", "work_cv")
+        out = {"ranks": ranks, **dict(zip(keys, run_row)), "step_cv": step_cv,
+               "comm_bytes": median(r[4] or 0 for r in per_rank), "comm_busy_s": median(r[5] or 0 for r in per_rank),
+               "work_lateness_corr": _pooled_corr([r[6:10] for r in per_rank])}
+        out["per_rank"] = {r: {"lateness_s": late, "last_share": share, "tail_s": tail} for r, late, share, tail, *_ in per_rank}
         return out
 
     # --- samples and environment ------------------------------------------------
@@ -206,3 +215,12 @@ class Context:
                 "FROM samples WHERE metric IN ('io.read_chars', 'io.read_bytes') AND ts_ns BETWEEN ? AND ? GROUP BY ALL", list(w)):
             out.setdefault(r, {})[metric.split(".", 1)[1] + "_per_s"] = rate
         return out
+
+
+def _pooled_corr(parts: list) -> float | None:
+    """The correlation over all rows from per-group sums of products (sxy, sxx, syy, n) about each group's own means.
+
+    Lateness is centred per rank, so a rank that is always a little late
+    (a straggler) adds nothing: only work that varies with lateness does."""
+    sxy, sxx, syy = (sum(p[i] or 0 for p in parts) for i in range(3))
+    return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else None

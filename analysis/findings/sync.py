@@ -15,9 +15,9 @@ from tbdprof import schema
 from .base import Finding, graded, ranks_text
 from .context import PHASES, Context
 
-LATE_FRACTION = 0.10  # lateness beyond the others', as a share of the median step
-LATE_MIN_S = 0.001  # and at least this, whatever the step time
-LATE_CRITICAL = 0.25
+LATE_FRACTION = 0.25  # lateness beyond the others', as a share of the median step
+LATE_MIN_S = 0.002  # and at least this, whatever the step time
+LATE_CRITICAL = 0.5
 LAST_SHARE = 0.5  # the late ranks arrive last in at least this share of steps
 SPREAD_WARNING = 0.15  # imbalance: median arrival spread / step time
 SPREAD_CRITICAL = 0.35
@@ -111,12 +111,11 @@ def imbalance(ctx: Context) -> list[Finding]:
     severity = graded(s.get("spread_fraction"), SPREAD_WARNING, SPREAD_CRITICAL)
     if (not severity or late_ranks(ctx) or (s["work_cv"] or 0) < WORK_CV or (s["work_lateness_corr"] or 0) < WORK_CORR):
         return []
-    spread = ctx.steps.get("step_time_spread", {})
     evidence = {
         "arrival_spread_s": s["spread_s"], "arrival_spread_fraction": s["spread_fraction"], "step_s": s["step_s"],
         "work_cv_across_ranks": s["work_cv"], "work_lateness_corr": s["work_lateness_corr"],
         "last_share": {r: v["last_share"] for r, v in s["per_rank"].items()},
-        "step_time_cv": spread.get("cv"), "steps": s["steps"],
+        "step_time_cv": s["step_cv"], "steps": s["steps"],
     }
     return [Finding(
         kind="imbalance", severity=severity, ranks=sorted(s["per_rank"]),
