@@ -108,13 +108,13 @@ class Mazes:
 
 def share_parameters(net: nn.Module) -> None:
     """Put ``net``'s parameters in memory shared by the actor-learners of this host."""
+    params = list(net.parameters())
+    if params[0].device.type != "cpu":
+        raise UsageError("a3c runs on the CPU (--device cpu): its actor-learners share host memory")
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         net.share_memory()
         return
-    params = list(net.parameters())
-    if params[0].device.type != "cpu":
-        raise UsageError("a3c runs on the CPU (--device cpu): its actor-learners share host memory")
     flat = nn.utils.parameters_to_vector(params).detach().cpu()
     key = [uuid.uuid4().hex]
     dist.broadcast_object_list(key, src=0)

@@ -64,7 +64,8 @@ class WGAN(nn.Module):
         """Critic loss with gradient penalty for a ``real`` batch, else the generator loss for ``n`` samples."""
         if real is None:
             return -self.critic(self.generator(self.noise(n, next(self.parameters())))).mean()
-        fake = self.generator(self.noise(len(real), real)).detach()
+        with torch.no_grad():  # the critic step does not train the generator
+            fake = self.generator(self.noise(len(real), real))
         eps = torch.rand(len(real), 1, 1, 1, device=real.device)
         mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
         grad = torch.autograd.grad(self.critic(mixed).sum(), mixed, create_graph=True)[0]
