@@ -43,9 +43,9 @@ def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> di
     if labels:
         flags = ", ".join(f"({others[k]}) AS f{j}" for j, k in enumerate(labels))
         sums = ", ".join(f"sum(o) FILTER (WHERE f{j}) AS f{j}" for j in range(len(labels)))
-        # an island touches the phases of the steps it spans (and one either side, for edges)
+        # an island touches the phases of the steps it spans, and of the next (a collective may end there)
         query += (
-            ", x AS (SELECT rank, s, e, unnest(range(lo - 1, hi + 2)) AS step FROM i), "
+            ", x AS (SELECT rank, s, e, unnest(range(lo, hi + 2)) AS step FROM i), "
             f"p AS (SELECT rank, step, start_ns, end_ns, {flags} FROM spans "
             f"WHERE {' OR '.join(f'({others[k]})' for k in labels)}), "
             f"ov AS (SELECT x.rank, {sums.replace('sum(o)', 'sum(greatest(0, least(x.e, p.end_ns) - greatest(x.s, p.start_ns)))')} "

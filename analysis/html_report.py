@@ -49,8 +49,11 @@ def _figure(svg: str | None, caption: str) -> str:
     return f'<figure role="img" aria-label="{_esc(caption)}">{svg}</figure>'
 
 
+PLOT_POINTS = 500  # per series: more than a 7.5-inch figure can show
+
+
 def _timeline(run: Run, metric: str, title: str, unit: str, scale: float = 1.0) -> str:
-    return _figure(plots.lines(metric_series(run, metric, scale=scale), title, "s since run start", unit), title)
+    return _figure(plots.lines(metric_series(run, metric, PLOT_POINTS, scale), title, "s since run start", unit), title)
 
 
 def _slug(name: str) -> str:

@@ -31,21 +31,47 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]
 
 
+MAX_LINES = 12  # more series than this are drawn as a median line in a min-max band
+
+
+def _envelope(series: dict[str, list[tuple[float, float]]]) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per x (the series share time buckets): min, median and max across series."""
+    by_x: dict[float, list[float]] = {}
+    for pts in series.values():
+        for x, y in pts:
+            by_x.setdefault(x, []).append(y)
+    xs = sorted(by_x)
+    lo, mid, hi = [], [], []
+    for x in xs:
+        ys = sorted(by_x[x])
+        lo.append(ys[0])
+        mid.append(ys[len(ys) // 2])
+        hi.append(ys[-1])
+    return xs, lo, mid, hi
+
+
 def lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str, scale: float = 1.0) -> str | None:
-    """One line per key of ``series`` ((x, y) points); None when there is nothing to draw."""
+    """One line per key of ``series`` ((x, y) points), or, for many series, their median in a
+    min-max band; None when there is nothing to draw."""
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    if len(series) > MAX_LINES:
+        xs, lo, mid, hi = _envelope(series)
+        ax.fill_between(xs, [y / scale for y in lo], [y / scale for y in hi], alpha=0.3, label=f"min-max of {len(series)} series")
+        ax.plot(xs, [y / scale for y in mid], linewidth=1.2, label="median")
+        series = {"": []}  # two legend entries
     for label, pts in sorted(series.items()):
+        if not pts:
+            continue
         xs, ys = zip(*pts)
         ax.plot(xs, [y / scale for y in ys], label=_plain(label), linewidth=1.2)
     ax.set_title(_plain(title), loc="left")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
-    if len(series) <= 12:
-        ax.legend(fontsize=7, frameon=False, ncol=min(4, len(series)))
+    ax.legend(fontsize=7, frameon=False, ncol=4)
     return _svg(fig)
 
 

@@ -103,22 +103,6 @@ def counter_buckets_sql(where: str) -> str:
     )
 
 
-def _all_series(run: Run, counters: bool) -> dict[str, Series]:
-    """Every gauge (or every counter) metric's series, from the bucket table."""
-    if sample_buckets(run) is None:
-        return {}
-    width = bucket_width(run)
-    cond = f"metric IN {sql_list(COUNTERS)}"
-    if counters:
-        query = f"SELECT host, rank, metric, device, b, dv / (dt_ns / 1e9) FROM ({counter_buckets_sql(cond)}) WHERE dt_ns > 0 ORDER BY ALL"
-    else:
-        query = f"SELECT host, rank, metric, device, b, mean FROM sample_buckets WHERE NOT {cond} ORDER BY ALL"
-    out: dict[str, Series] = {}
-    for host, rank, metric, device, b, value in run.sql(query):
-        out.setdefault(metric, {}).setdefault(label(metric, host, rank, device), []).append(((b + 0.5) * width / 1e9, value))
-    return out
-
-
 def _rebucket(points: list[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
     """Merge consecutive points so that at most ``max_points`` remain (means of x and y)."""
     k = -(-len(points) // max_points)
@@ -132,12 +116,19 @@ def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: fl
     """``metric`` over time per (host or rank, device): (seconds since run start, value / scale).
 
     Counters come back as per-second rates. At most ``max_points`` points per
-    series. The first call computes every metric of the same kind at once
-    and caches them on the run.
+    series (read from :func:`sample_buckets`, merged further when fewer are asked).
     """
-    counters = is_counter(metric)
-    every = run.cached(("series", counters), lambda: _all_series(run, counters))
-    return {k: _rebucket([(t, v / scale) for t, v in pts], max_points) for k, pts in every.get(metric, {}).items()}
+    if sample_buckets(run) is None:
+        return {}
+    width = bucket_width(run)
+    if is_counter(metric):
+        query = f"SELECT host, rank, device, b, dv / (dt_ns / 1e9) FROM ({counter_buckets_sql('metric = ?')}) WHERE dt_ns > 0 ORDER BY ALL"
+    else:
+        query = "SELECT host, rank, device, b, mean FROM sample_buckets WHERE metric = ? ORDER BY ALL"
+    out: Series = {}
+    for host, rank, device, b, value in run.sql(query, [metric]):
+        out.setdefault(label(metric, host, rank, device), []).append(((b + 0.5) * width / 1e9, value / scale))
+    return {k: _rebucket(pts, max_points) for k, pts in out.items()}
 
 
 def span_series(run: Run, where: str, max_points: int = MAX_POINTS) -> Series:
