@@ -1,4 +1,5 @@
-"""Analysis subcommands: ``tbdprof report``, ``tbdprof export``, ``tbdprof compare``, ``tbdprof diagnose``."""
+"""Analysis subcommands: ``tbdprof report``, ``tbdprof export``, ``tbdprof compare``, ``tbdprof diagnose``,
+``tbdprof scaling``."""
 
 from __future__ import annotations
 
@@ -30,6 +31,24 @@ def cmd_diagnose(args) -> int:
     from .diagnose import diagnose_command
 
     return diagnose_command(args.run_dir, json_out=args.json, link_bytes_per_s=args.link_bandwidth)
+
+
+def cmd_scaling(args) -> int:
+    from .scaling import scaling_command
+
+    return scaling_command(args.paths, out=args.out, json_out=args.json, plots=args.plots, force=args.force,
+                           link_bytes_per_s=args.link_bandwidth, latency_s=args.link_latency_us / 1e6,
+                           fit=args.fit, sizes=args.project)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"wants comma-separated rank counts (1 or more), got {text!r}")
+    return sizes
 
 
 def _ranks(text: str) -> list[int]:
@@ -75,3 +94,16 @@ def add_parsers(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW", help=link_help)
     s.set_defaults(func=cmd_diagnose)
+
+    s = sub.add_parser("scaling", help="scaling report of a sweep or runs: efficiency, its causes, comm model, projection")
+    s.add_argument("paths", nargs="+", metavar="SWEEP_DIR|RUN_DIR", help="a sweep folder (sweep.json) or run folders")
+    s.add_argument("--out", default=None, metavar="DIR", help="where scaling.json/html and plots go (default: the sweep folder)")
+    s.add_argument("--json", action="store_true", help="print scaling.json to stdout instead of tables")
+    s.add_argument("--force", action="store_true", help="compare runs of different workloads or batch settings")
+    s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW",
+                   help="the network link's capacity (default: measured from the runs' allreduce calls)")
+    s.add_argument("--link-latency-us", type=float, default=0.0, metavar="US", help="latency per ring hop (default 0)")
+    s.add_argument("--fit", type=_sizes, default=None, metavar="1,2", help="sizes the projection is fitted on (default: all)")
+    s.add_argument("--project", type=_sizes, default=None, metavar="8,16", help="sizes to project (default: 2x and 4x the largest)")
+    s.add_argument("--plots", default="png", choices=["png", "svg", "none"], help="plot files to write (default png)")
+    s.set_defaults(func=cmd_scaling)

@@ -109,3 +109,35 @@ def comm_seconds_per_step(run: Run) -> float | None:
         busy[key] = busy.get(key, 0.0) + max(0, end - lo) / 1e9
         last[key] = max(end, last.get(key, end))
     return float(np.median(list(busy.values()))) if busy else None
+
+
+def ring_allreduce_seconds(grad_bytes: float, n: int, link_bytes_per_s: float, latency_s: float = 0.0,
+                           overhead: float = PROTOCOL_OVERHEAD) -> float:
+    """Lower bound on one step's allreduce of ``grad_bytes`` over ``n`` ranks on a ring.
+
+    Bandwidth term: :func:`ring_allreduce_bytes` through the slowest ring edge
+    at ``link_bytes_per_s`` (plus header ``overhead``; pass 0 when the rate is
+    already a payload rate). Latency term: ``2(n-1)`` sequential ring hops of
+    ``latency_s`` each (reduce-scatter then allgather).
+    """
+    if n < 2:
+        return 0.0
+    return link_seconds(ring_allreduce_bytes(grad_bytes, n), link_bytes_per_s * 8, overhead) + 2 * (n - 1) * latency_s
+
+
+def best_call_busbw(run: Run) -> float | None:
+    """The highest bus bandwidth (payload bytes/s) any single steady-state allreduce call achieved.
+
+    ``bytes / duration x 2(n-1)/n`` per ``comm`` span: a lower bound on the
+    capacity of the slowest link the ring crosses (a call's span also holds
+    queueing and waiting for other ranks, which only lower it).
+    """
+    n = run.world_size
+    if n < 2:
+        return None
+    rows = run.sql(
+        f"SELECT max(bytes / ((end_ns - start_ns) / 1e9)) FROM spans WHERE kind = '{schema.KIND_COMM}' "
+        f"AND name = '{schema.COMM_ALLREDUCE}' AND step >= {int(run.warmup_steps)} AND end_ns > start_ns AND bytes > 0"
+    )
+    best = rows[0][0] if rows else None
+    return float(best) * 2 * (n - 1) / n if best else None

@@ -96,3 +96,55 @@ def stacked_bars(rows: dict[str, dict[str, float]], title: str, ylabel: str, sca
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _svg(fig)
 
+
+
+def curves(series: dict[str, list[tuple[float, float, float, float]]], title: str, xlabel: str, ylabel: str,
+           ideal: list[tuple[float, float]] | None = None, dashed: tuple[str, ...] = ()):
+    """A figure with one line per key of ``series``, points (x, median, min, max) drawn with min-max
+    error bars; ``ideal`` as a dotted reference line; series named in ``dashed`` drawn dashed."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    if ideal:
+        xs, ys = zip(*sorted(ideal))
+        ax.plot(xs, ys, ":", color="grey", label="ideal (linear)")
+    for label, pts in series.items():
+        if not pts:
+            continue
+        xs, mid, lo, hi = zip(*sorted(pts))
+        ax.errorbar(xs, mid, yerr=[[m - a for m, a in zip(mid, lo)], [b - m for m, b in zip(mid, hi)]], marker="o",
+                    capsize=3, linestyle="--" if label in dashed else "-", label=_plain(label))
+    ax.set_title(_plain(title), loc="left")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, frameon=False)
+    return fig
+
+
+def columns(rows: dict[str, dict[str, float]], title: str, ylabel: str, scale: float = 1.0):
+    """A figure with one stacked column per key of ``rows`` (label -> {segment: value}); negative
+    segments stack downwards from zero."""
+    segments: list[str] = []
+    for parts in rows.values():
+        segments += [s for s in parts if s not in segments]
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    labels = [_plain(k) for k in rows]
+    up, down = [0.0] * len(labels), [0.0] * len(labels)
+    cmap = plt.get_cmap("tab10")
+    for i, seg in enumerate(segments):
+        vals = [parts.get(seg, 0.0) / scale for parts in rows.values()]
+        bottoms = [u if v >= 0 else d for v, u, d in zip(vals, up, down)]
+        ax.bar(labels, vals, bottom=bottoms, label=_plain(seg), color=cmap(i % 10))
+        up = [u + max(v, 0) for u, v in zip(up, vals)]
+        down = [d + min(v, 0) for d, v in zip(down, vals)]
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_title(_plain(title), loc="left")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
+
+
+def export(fig, paths=()) -> str:
+    """Write ``fig`` to each path (format from the suffix: .png, .svg) and return it as inline SVG."""
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight", dpi=120)
+    return _svg(fig)
