@@ -29,12 +29,10 @@ import pyarrow as pa
 from tbdprof import schema
 
 from ..load import Run, sql_list
-from ..utilization import gauge_stats
 
 PHASES = (schema.PHASE_DATA, schema.PHASE_H2D, schema.PHASE_FORWARD, schema.PHASE_BACKWARD, schema.PHASE_OPTIMIZER)
-GAUGES = ("cpu.process_pct", "cpu.system_pct", "cpu.iowait_pct", "cpu.runnable", "mem.rss_bytes", "mem.used_bytes",
-          "mem.available_bytes", "mem.swap_used_bytes", "gpu.util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes",
-          "torch.alloc_retries")
+GAUGES = ("cpu.process_pct", "cpu.system_pct", "cpu.iowait_pct", "cpu.runnable", "mem.used_bytes", "mem.swap_used_bytes",
+          "gpu.util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "torch.alloc_retries")
 
 
 class Context:
@@ -43,6 +41,7 @@ class Context:
     def __init__(self, run: Run, link_bytes_per_s: float | None = None):
         self.run = run
         self.link_bytes_per_s = link_bytes_per_s
+        run.sql("SET preserve_insertion_order = false")  # the temp tables are aggregated, never read in order
 
     # --- steps ----------------------------------------------------------------
 
@@ -127,18 +126,18 @@ class Context:
         (share of steps it arrived last), ``tail_s`` (median).
         Empty when fewer than two ranks communicate.
         """
-        work = "coalesce(u.units, d.items)"
         self.run.sql(
-            "CREATE OR REPLACE TEMP TABLE diag_late AS WITH first AS (SELECT step, count(*) AS n, min(arrival) AS a0, "
+            "CREATE OR REPLACE TEMP TABLE diag_first AS SELECT * FROM (SELECT step, count(*) AS n, min(arrival) AS a0, "
             f"min(fwd_start) AS f0 FROM {self._step_table} WHERE arrival IS NOT NULL GROUP BY step) "
-            "SELECT d.rank, d.step, d.step_ns, d.tail, d.busy, d.comm_bytes, d.arrival, "
-            "greatest(d.arrival - f.a0, coalesce(d.fwd_start - f.f0, 0)) AS late, "
-            f"{work} AS work FROM diag_step d JOIN first f USING (step) LEFT JOIN {self._units_table} u USING (rank, step) "
-            "WHERE d.arrival IS NOT NULL AND f.n = (SELECT max(n) FROM first)")
+            "WHERE n = (SELECT count(DISTINCT rank) FROM diag_step WHERE arrival IS NOT NULL)")
+        # One row per rank and step that every communicating rank recorded (not materialized: it is as long as the run).
+        late = ("(SELECT d.rank, d.step, d.step_ns, d.tail, d.busy, d.comm_bytes, d.arrival, coalesce(u.units, d.items) AS work, "
+                "greatest(d.arrival - f.a0, coalesce(d.fwd_start - f.f0, 0)) AS late FROM diag_step d JOIN diag_first f USING (step) "
+                f"LEFT JOIN {self._units_table} u USING (rank, step))")
         self.run.sql(
             "CREATE OR REPLACE TEMP TABLE diag_meet AS SELECT step, max(late) - min(late) AS spread, min(late) AS late0, "
             "arg_max(rank, late) AS last_rank, arg_max(tail, arrival) AS last_tail, median(step_ns) AS step_med, "
-            "stddev_pop(work) / nullif(avg(work), 0) AS work_cv, avg(work) AS mean_work FROM diag_late GROUP BY step")
+            f"stddev_pop(work) / nullif(avg(work), 0) AS work_cv, avg(work) AS mean_work FROM {late} GROUP BY step")
         run_row = self.run.sql(
             "SELECT count(*), median(step_med) / 1e9, median(spread) / 1e9, median(spread / step_med), median(last_tail) / 1e9, "
             "median(last_tail / step_med), median(work_cv) FROM diag_meet")[0]
@@ -150,7 +149,7 @@ class Context:
             "SELECT d.rank, median(d.late - m.late0) / 1e9, avg(CASE WHEN d.rank = m.last_rank THEN 1 ELSE 0 END), "
             "median(d.tail) / 1e9, median(d.comm_bytes), median(d.busy) / 1e9, regr_sxy(d.work - m.mean_work, d.late), "
             "regr_sxx(d.work - m.mean_work, d.late), regr_syy(d.work - m.mean_work, d.late), count(*) "
-            "FROM diag_late d JOIN diag_meet m USING (step) GROUP BY d.rank ORDER BY d.rank")
+            f"FROM {late} d JOIN diag_meet m USING (step) GROUP BY d.rank ORDER BY d.rank")
         keys = ("steps", "step_s", "spread_s", "spread_fraction", "comm_tail_s", "comm_tail_fraction", "work_cv")
         out = {"ranks": ranks, **dict(zip(keys, run_row)), "step_cv": step_cv,
                "comm_bytes": median(r[4] or 0 for r in per_rank), "comm_busy_s": median(r[5] or 0 for r in per_rank),
@@ -162,9 +161,16 @@ class Context:
 
     @cached_property
     def gauges(self) -> dict[tuple, tuple[float, float]]:
-        """(metric, host for host metrics else rank, device) -> (avg, max) over the steady window."""
-        return {(m, h if schema.METRICS[m].scope == "host" else r, d): (avg, mx)
-                for h, r, m, d, avg, mx, _n in gauge_stats(self.run, GAUGES)}
+        """(metric, host for host metrics else rank, device) -> (avg, max) of the readings in the steady
+        window (the whole run when it holds none). One direct scan: the report's bucketed
+        ``gauge_stats`` builds a timeline table first, several times the cost for these few averages."""
+        if not self.run.has(schema.SAMPLES):
+            return {}
+        query = ("SELECT metric, host, rank, device, avg(value), max(value) FROM samples "
+                 f"WHERE metric IN {sql_list(GAUGES)} AND ts_ns BETWEEN ? AND ? GROUP BY ALL")
+        w = self.run.steady_window
+        rows = (self.run.sql(query, list(w)) if w else []) or self.run.sql(query, [-(2**62), 2**62])
+        return {(m, h if schema.METRICS[m].scope == "host" else r, d): (avg, mx) for m, h, r, d, avg, mx in rows}
 
     def gauge(self, metric: str, who, device: str = "", stat: int = 0) -> float | None:
         """One figure of :attr:`gauges`: ``stat`` 0 = average, 1 = maximum."""

@@ -34,7 +34,7 @@ def memory_pressure(ctx: Context) -> list[Finding]:
                 kind="memory_pressure", severity=severity, ranks=h["ranks"], hosts=[host], time_range_s=ctx.window_s,
                 title=f"host {host} memory {share:.0%} full" + (f", {swap / 2**30:.1f} GiB swapped" if swap else ""),
                 evidence={"used_max_bytes": used, "host_memory_bytes": total, "used_fraction": share,
-                          "swap_used_max_bytes": swap, "available_avg_bytes": ctx.gauge("mem.available_bytes", host)},
+                          "swap_used_max_bytes": swap},
                 recommendation=("Reduce host memory: fewer or lighter loader workers (each holds a copy of the data set "
                                 "object and prefetch buffers), a smaller prefetch_factor, memory-mapped or streamed data, "
                                 "or fewer ranks per host."), score=share))
