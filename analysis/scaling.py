@@ -12,6 +12,7 @@ Rendering lives in :mod:`.scaling_html`.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -320,7 +321,7 @@ def project(configs: list[dict], fit: list[int], sizes: list[int], scaling: str,
     """
     fitted = [c for c in configs if c["nproc"] in fit]
     if not fitted:
-        return {"fit": fit, "error": f"no measured configuration of sizes {fit}", "assumptions": [], "sizes": []}
+        return {"fit": fit, "assumptions": [f"no projection: no measured configuration of sizes {fit}"], "sizes": []}
     b = max(fitted, key=lambda c: (c["nproc"], c["hosts"]))
     per_host = math.ceil(b["nproc"] / b["hosts"])
     rates = link_rates(fitted, link_bytes_per_s)
@@ -422,8 +423,6 @@ def scaling(paths: list[str | Path], force: bool = False, link_bytes_per_s: floa
 
 def scaling_command(paths: list[str], out: str | None = None, json_out: bool = False, plots: str = "png", **kw) -> int:
     """``tbdprof scaling``: write scaling.json, scaling.html and plot files; print the tables (or the JSON)."""
-    import json
-
     from .scaling_html import print_scaling, write_report
 
     try:

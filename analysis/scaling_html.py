@@ -84,18 +84,21 @@ def print_scaling(result: dict, file=None) -> None:
             con.print("  assumption: " + a, markup=False)
 
 
+def _point(x: float, s: dict) -> tuple[float, float, float, float]:
+    return x, s["median"], s["min"], s["max"]
+
+
 def _figures(result: dict, s: dict) -> dict[str, tuple[object, str]]:
     """name -> (matplotlib figure, caption) for one series."""
     unit, configs, proj = result["unit"], s["configs"], s["projection"]
-    rng = lambda c, k, scale=1.0: (c["nproc"], *(c[k][q] / scale for q in ("median", "min", "max")))  # noqa: E731
     by_hosts: dict[str, list] = {}
     for c in configs:
-        by_hosts.setdefault(f"measured, {c['hosts']} host(s)", []).append(rng(c, "throughput"))
+        by_hosts.setdefault(f"measured, {c['hosts']} host(s)", []).append(_point(c["nproc"], c["throughput"]))
     projected = [(p["nproc"], p["throughput"], p["throughput"], p["throughput"]) for p in proj["sizes"]]
     base = configs[0]
     xs = sorted({c["nproc"] for c in configs} | {p["nproc"] for p in proj["sizes"]})
     ideal = [(x, base["throughput"]["median"] * x / base["nproc"]) for x in xs]
-    eff = {"measured": [(c["nproc"], *(c["attribution"]["efficiency"][q] for q in ("median", "min", "max"))) for c in configs],
+    eff = {"measured": [_point(c["nproc"], c["attribution"]["efficiency"]) for c in configs],
            "projected": [(p["nproc"], p["efficiency"], p["efficiency"], p["efficiency"]) for p in proj["sizes"]]}
     split = {_cfg(c): {LABELS[k]: c["split_s_per_step"][k]["median"] for k in result["causes"]} for c in configs}
     gap = {_cfg(c): {LABELS[k]: c["attribution"]["causes"][k] * 100 for k in result["causes"]} for c in configs[1:]}
