@@ -7,6 +7,7 @@ from .context import Context
 
 HOST_WARNING = 0.90  # peak used / host memory
 HOST_CRITICAL = 0.97
+OWN_SHARE = 0.5  # the ranks' resident memory at least this share of the host's use: the run's own pressure
 SWAP_BYTES = 256 * 2**20  # swap in use that counts as swapping (with host memory above HOST_WARNING - 10%)
 GPU_WARNING = 0.95  # peak used / device memory
 GPU_CRITICAL = 0.99
@@ -30,11 +31,14 @@ def memory_pressure(ctx: Context) -> list[Finding]:
         if not severity and (swap or 0) >= SWAP_BYTES and share >= HOST_WARNING - 0.1:
             severity = "warning"
         if severity:
+            ranks_rss = sum(ctx.rss_trend.get(r, {}).get("median_bytes") or 0 for r in h["ranks"])
+            source = "this run" if ranks_rss >= OWN_SHARE * used else "other processes"
             out.append(Finding(
                 kind="memory_pressure", severity=severity, ranks=h["ranks"], hosts=[host], time_range_s=ctx.window_s,
-                title=f"host {host} memory {share:.0%} full" + (f", {swap / 2**30:.1f} GiB swapped" if swap else ""),
+                title=(f"host {host} memory {share:.0%} full" + (f", {swap / 2**30:.1f} GiB swapped" if swap else "")
+                       + (f"; the ranks hold {ranks_rss / used:.0%} of it" if used else "")),
                 evidence={"used_max_bytes": used, "host_memory_bytes": total, "used_fraction": share,
-                          "swap_used_max_bytes": swap},
+                          "swap_used_max_bytes": swap, "ranks_rss_bytes": ranks_rss, "source": source},
                 recommendation=("Reduce host memory: fewer or lighter loader workers (each holds a copy of the data set "
                                 "object and prefetch buffers), a smaller prefetch_factor, memory-mapped or streamed data, "
                                 "or fewer ranks per host."), score=share))

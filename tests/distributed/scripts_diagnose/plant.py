@@ -1,7 +1,8 @@
 """A small DDP training script on tbdprof's public API, with faults to plant for the diagnosis tests.
 
 Run as N ranks by a launcher (torch.distributed environment variables set).
-``--leak-mb N --leak-rank R`` keeps N MiB per step alive on rank R;
+``--leak-mb N`` keeps N MiB per step alive on every rank (on one rank only, the
+allocation itself would make it a straggler on a loaded machine);
 ``--uneven`` gives every rank a random batch size each step (256 to 4096; else 2048).
 """
 
@@ -15,7 +16,6 @@ import tbdprof
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=40)
 p.add_argument("--leak-mb", type=float, default=0.0)
-p.add_argument("--leak-rank", type=int, default=0)
 p.add_argument("--uneven", action="store_true")
 args = p.parse_args()
 
@@ -45,6 +45,6 @@ with tbdprof.Profiler(warmup_steps=2, sample_hz=20) as prof:
         with prof.phase("optimizer"):
             optimizer.step()
             optimizer.zero_grad()
-        if args.leak_mb and rank == args.leak_rank:
+        if args.leak_mb:
             kept.append(torch.ones(int(args.leak_mb * 2**20) // 4))
 dist.destroy_process_group()
