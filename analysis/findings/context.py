@@ -53,14 +53,16 @@ class Context:
 
     @cached_property
     def _step_table(self) -> str:
-        """``diag_step``: one row per rank and steady step: ``step_ns``, ``items`` and, where the rank
+        """``diag_step``: one row per rank and steady step: ``step_ns``, ``items``, ``units`` and, where the rank
         communicated in the step, ``arrival`` (last bucket handed over), ``tail`` (arrival to its last
         completion), ``busy`` (first bucket to last completion), ``comm_bytes``; ``fwd_start``."""
         step, comm = f"kind = '{schema.KIND_STEP}'", f"kind = '{schema.KIND_COMM}'"
         fwd = f"kind = '{schema.KIND_PHASE}' AND name = '{schema.PHASE_FORWARD}'"
+        # Stores from before the spans' ``units`` column keep units per step in the runner's metadata.
+        units = f"sum(units) FILTER (WHERE {step})" if "units" in schema.TABLES[schema.SPANS].names else "NULL::BIGINT"
         self.run.sql(
             "CREATE OR REPLACE TEMP TABLE diag_step AS SELECT rank, step, "
-            f"sum(end_ns - start_ns) FILTER (WHERE {step}) AS step_ns, sum(items) FILTER (WHERE {step}) AS items, "
+            f"sum(end_ns - start_ns) FILTER (WHERE {step}) AS step_ns, sum(items) FILTER (WHERE {step}) AS items, {units} AS units, "
             f"max(start_ns) FILTER (WHERE {comm}) AS arrival, max(end_ns) FILTER (WHERE {comm}) - max(start_ns) FILTER (WHERE {comm}) AS tail, "
             f"max(end_ns) FILTER (WHERE {comm}) - min(start_ns) FILTER (WHERE {comm}) AS busy, sum(bytes) FILTER (WHERE {comm}) AS comm_bytes, "
             f"min(start_ns) FILTER (WHERE {fwd}) AS fwd_start FROM spans WHERE step >= ? AND ({step} OR {comm} OR {fwd}) "
