@@ -93,7 +93,8 @@ def _check_segment(path: Path, table: str) -> str | None:
                 return f"{path.name}: schema version {int(version)} is newer than this tbdprof ({schema.SCHEMA_VERSION})"
         except ValueError:
             return f"{path.name}: bad schema version {version!r}"
-    missing = [f.name for f in schema.TABLES[table] if f.name not in md.names]
+    optional = schema.OPTIONAL_COLUMNS.get(table, ())
+    missing = [f.name for f in schema.TABLES[table] if f.name not in md.names and f.name not in optional]
     if missing:
         return f"{path.name}: missing columns {', '.join(missing)}"
     return None
@@ -214,10 +215,15 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
             con.execute(f"CREATE VIEW {table} AS SELECT {fields}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false")
             continue
         scans = []
+        optional = schema.OPTIONAL_COLUMNS.get(table, ())
         for (host, rank), paths in sorted(by_rank.items(), key=lambda kv: kv[0][1]):
             a, b, t0 = clocks.get(rank, (0.0, 0.0, 0))
+            # a column newer than every segment of this rank reads as null
+            absent = {c for c in optional if not any(c in pq.read_schema(p).names for p in paths[:1] + paths[-1:])}
             select = ", ".join(
-                f"{_shift_sql(f.name, a, b, t0)} AS {f.name}" if f.name in cols else f.name for f in schema.TABLES[table]
+                f"{_shift_sql(f.name, a, b, t0)} AS {f.name}" if f.name in cols
+                else f"NULL::{_duck_type(f)} AS {f.name}" if f.name in absent else f.name
+                for f in schema.TABLES[table]
             )
             plist = "[" + ", ".join(_sql_str(p) for p in paths) + "]"
             scans.append(f"SELECT {select}, {_sql_str(host)} AS host, {rank}::BIGINT AS rank "

@@ -7,11 +7,13 @@ from .timeline import Series, span_series
 
 _STEADY = "kind = 'step' AND step >= ?"
 _STATS = ("count(*), quantile_cont(d, [0.5, 0.9, 0.99]), min(d), max(d), avg(d), coalesce(stddev_samp(d), 0), "
-          "sum(items), min(start_ns), max(end_ns)")
+          "sum(items), min(start_ns), max(end_ns), sum(units)")
 
 
 def throughput_unit(run: Run) -> str:
-    """What a step's ``items`` count: the workload's ``unit`` metadata (samples, tokens, frames...)."""
+    """The workload's natural throughput unit (the ``unit`` metadata: samples, tokens, frames...).
+
+    Step spans count samples in ``items`` and, where the unit is not samples, that unit in ``units``."""
     units = {str((m.get("metadata") or {}).get("unit") or "") for m in run.ranks.values()} - {""}
     return units.pop() if len(units) == 1 else "samples"
 
@@ -19,13 +21,14 @@ def throughput_unit(run: Run) -> str:
 def step_stats(run: Run) -> dict:
     """Step-time percentiles per rank and overall, their spread, and throughput from the step spans.
 
-    Throughput is the items (in :func:`throughput_unit`) of all steady-state
-    steps of all ranks divided by the wall time from the first such step's
-    start to the last one's end, on the aligned clock. ``rank_spread`` is how
+    Throughput is the samples (``items``) of all steady-state steps of all
+    ranks divided by the wall time from the first such step's start to the
+    last one's end, on the aligned clock; ``throughput_per_s`` counts the
+    workload's own unit (``units``, e.g. tokens) the same way. ``rank_spread`` is how
     much slower the slowest rank's median step is than the fastest's.
     """
     warm = run.warmup_steps
-    inner = f"SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, start_ns, end_ns FROM spans WHERE {_STEADY}"
+    inner = f"SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, units, start_ns, end_ns FROM spans WHERE {_STEADY}"
     total = run.sql(f"SELECT {_STATS} FROM ({inner})", [warm])[0]
     unit = throughput_unit(run)
     if not total[0]:
@@ -34,17 +37,19 @@ def step_stats(run: Run) -> dict:
     overall = _stats(total)
     wall = overall["last_end_ns"] - overall["first_start_ns"]
     items = overall["items"]
+    counted = items if unit == "samples" else overall["units"]
     rate = items / (wall / 1e9) if wall > 0 else None
     medians = [p["median_s"] for p in per_rank.values()]
     return {
         "steps": max(p["steps"] for p in per_rank.values()),
         "warmup_steps": warm,
         "unit": unit,
-        "samples": items if unit == "samples" else None,
+        "samples": items,
         "items": items,
+        "units": counted,
         "wall_s": wall / 1e9,
-        "throughput_per_s": rate,
-        "throughput_samples_per_s": rate if unit == "samples" else None,
+        "throughput_per_s": counted / (wall / 1e9) if wall > 0 and counted else None,
+        "throughput_samples_per_s": rate,
         "step_time_s": {k: overall[f"{k}_s"] for k in ("median", "p90", "p99")},
         "step_time_spread": {
             "mean_s": overall["mean_s"],
@@ -53,15 +58,15 @@ def step_stats(run: Run) -> dict:
             "rank_spread": max(medians) / min(medians) - 1 if min(medians) > 0 else None,
             "slowest_rank": int(max(per_rank, key=lambda r: per_rank[r]["median_s"])),
         },
-        "per_rank": {r: {k: v for k, v in p.items() if not k.endswith("_ns") and k != "items"} for r, p in per_rank.items()},
+        "per_rank": {r: {k: v for k, v in p.items() if not k.endswith("_ns") and k not in ("items", "units")} for r, p in per_rank.items()},
         "ranks_without_steps": sorted(set(run.ranks) - {int(r) for r in per_rank}),
     }
 
 
 def _stats(row) -> dict:
-    n, (median, p90, p99), lo, hi, mean, stdev, items, first, last = row
+    n, (median, p90, p99), lo, hi, mean, stdev, items, first, last, units = row
     return {"steps": n, "median_s": median, "p90_s": p90, "p99_s": p99, "min_s": lo, "max_s": hi, "mean_s": mean,
-            "stdev_s": stdev, "items": int(items or 0), "first_start_ns": first, "last_end_ns": last}
+            "stdev_s": stdev, "items": int(items or 0), "units": int(units or 0), "first_start_ns": first, "last_end_ns": last}
 
 
 def step_series(run: Run) -> Series:

@@ -153,6 +153,7 @@ class Profiler:
         self._memory = self._buffers.tables[schema.MEMORY]
         self._step_start: int | None = None
         self._step_items: int | None = None
+        self._step_units: int | None = None
         self._trackers: list = []
         self._pending = None  # Horovod's comm spans
         self._cuda: cuda.CudaPending | None = None  # CUDA-event-timed spans (device phases, NCCL buckets)
@@ -350,8 +351,11 @@ class Profiler:
     def _record_span(self, step, name, kind, start, end, nbytes, items) -> None:
         self._spans.append((step, name, kind, start, end, nbytes, items))
 
-    def begin_step(self, items: int | None = None) -> int:
-        """Close the open step (if any) and open the next one; returns its index."""
+    def begin_step(self, items: int | None = None, units: int | None = None) -> int:
+        """Close the open step (if any) and open the next one; returns its index.
+
+        ``items`` counts the step's samples; ``units`` its tokens or frames,
+        for workloads whose throughput is counted in those."""
         if not self.enabled:
             self.step_index += 1
             return self.step_index
@@ -361,21 +365,26 @@ class Profiler:
         self.step_index += 1
         self._step_start = now
         self._step_items = items
+        self._step_units = units
         return self.step_index
 
-    def end_step(self, items: int | None = None) -> None:
-        """Close the open step, with the number of samples it processed."""
+    def end_step(self, items: int | None = None, units: int | None = None) -> None:
+        """Close the open step, with the samples (and tokens or frames) it processed."""
         if not self.enabled:
             return
         if items is not None:
             self._step_items = items
+        if units is not None:
+            self._step_units = units
         if self._step_start is not None:
             self._end_step()
 
     def _end_step(self, now: int | None = None) -> None:
         end = clock.now_ns() if now is None else now
-        self._spans.append((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None, self._step_items))
+        self._spans.append((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None,
+                            self._step_items, self._step_units))
         self._step_start = None
+        self._step_units = None
         for t in self._trackers:
             row = t.take_row(self.step_index)
             if row is not None:

@@ -36,6 +36,7 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("end_ns", pa.int64(), nullable=False),
             pa.field("bytes", pa.int64()),  # payload (comm buckets), else null
             pa.field("items", pa.int64()),  # samples in the step (kind=step), else null
+            pa.field("units", pa.int64()),  # tokens/frames in the step, where that is the workload's unit
         ]
     ),
     # Long format: one row per (timestamp, metric, device) reading.
@@ -94,6 +95,10 @@ STANDARD_PHASES = (
     PHASE_COMM,
 )
 COMM_ALLREDUCE = "allreduce"
+
+# Columns added after version 1 files were first written: readers fill them
+# with nulls in older segments instead of rejecting those.
+OPTIONAL_COLUMNS = {SPANS: ("units",)}
 
 MEMORY_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "other")
 

@@ -65,6 +65,7 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
         pa.array(np.concatenate(cols["end_ns"]), pa.int64()),
         pa.array(np.concatenate(cols["bytes"]), pa.int64()),
         pa.array(np.concatenate(cols["items"]), pa.int64()),
+        pa.nulls(len(cols["step"]) * n_steps, pa.int64()),  # units: the synthetic workload counts samples
     ]
     return arrays
 

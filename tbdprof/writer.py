@@ -52,6 +52,9 @@ class Buffers:
 def rows_to_table(table: str, rows: list[tuple], meta_schema: pa.Schema) -> pa.Table:
     """Column-wise conversion of row tuples (in schema column order) to an Arrow table."""
     fields = schema.TABLES[table]
+    n = len(fields)
+    # Trailing nullable columns may be left off a row (most spans carry no ``units``).
+    rows = [r if len(r) == n else r + (None,) * (n - len(r)) for r in rows]
     columns = list(zip(*rows))
     arrays = []
     for field, col in zip(fields, columns):

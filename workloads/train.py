@@ -218,7 +218,6 @@ def train(args) -> int:
         "num_workers": num_workers, "device": str(device), "dtype": AMP_DTYPES[args.amp], "amp": args.amp, "seed": args.seed,
         "preprocessing": "cpu, in data-loader workers" if num_workers else "cpu, in the training process",
         "params": sum(p.numel() for p in model.parameters()), "unit": wl.unit, "data": str(root),
-        "units_per_step": [],  # batch_units of each step, filled in as it runs
     }
     prof = tbdprof.Profiler(
         out=args.out, run_id=args.run_id, sample_hz=args.sample_hz, flush_s=args.flush_s,
@@ -226,9 +225,6 @@ def train(args) -> int:
     )
     bar, tick = _progress(info.rank, args.steps)
     step_times: list[float] = []
-    # The profiler copies config shallowly and rewrites rank.json at close, so
-    # this list reaches rank.json (and timing.json) with every step's units.
-    units = config["units_per_step"]
     step = epoch = 0
     autocast, scaler = _mixed_precision(args.amp, device)
     # On the GPU, phases are timed with CUDA events (device time, not launch time).
@@ -260,8 +256,7 @@ def train(args) -> int:
                         optimizer.zero_grad(set_to_none=True)
                 if use_cuda:
                     torch.cuda.synchronize(device)
-                prof.end_step(wl.batch_items(batch))
-                units.append(wl.batch_units(batch))
+                prof.end_step(wl.batch_items(batch), wl.batch_units(batch) if wl.unit != "samples" else None)
                 t1 = time.perf_counter()
                 step_times.append(t1 - t0)
                 tick(step, t1 - t0)
