@@ -21,8 +21,7 @@ Averages are over the steady-state window, like :mod:`.utilization`.
 from __future__ import annotations
 
 from .load import Run
-from .timeline import counter_rates
-from .utilization import gauge_stats
+from .timeline import counter_rates, gauge_stats
 
 UNAVAILABLE = "unavailable"
 
@@ -86,7 +85,12 @@ def _combine(metric: str, values: list[tuple[float, float]]) -> tuple[float, flo
 
 def gpu_figures(run: Run) -> dict:
     """Per rank that recorded a GPU: utilization figures (percent, or ``"unavailable"``),
-    ``memory``, ``power``, ``clocks`` and ``links``; ``unavailable`` says why a figure is missing."""
+    ``memory``, ``power``, ``clocks`` and ``links``; ``unavailable`` says why a figure is missing.
+    Computed once per run."""
+    return run.cached("gpu_figures", lambda: _gpu_figures(run))
+
+
+def _gpu_figures(run: Run) -> dict:
     readings: dict[str, dict[str, list]] = {}
     counters: dict[str, dict] = {}
     hosts: dict[str, str] = {}

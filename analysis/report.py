@@ -20,6 +20,7 @@ from .bandwidth import collective_bandwidth, network_usage
 from .breakdown import phase_breakdown
 from .dataio import io_figures
 from .environment import environment_table
+from .gpu import gpu_figures
 from .html_report import render_html
 from .load import Run, analyse
 from .memory import memory_breakdown
@@ -87,6 +88,7 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
         "memory_bytes": memory["memory_bytes"],
         "memory": memory["per_rank"],
         "utilization": utilization(run),
+        "gpu": gpu_figures(run),
         "network": {"interfaces": network_usage(run)} | collective_bandwidth(run, link_bytes_per_s),
         "io": io_figures(run),
         "system": system_figures(run),

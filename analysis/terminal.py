@@ -38,7 +38,7 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     for note in notes:
         con.print("note: " + note, markup=False, style="yellow")
     if not summary["steps"]:
-        con.print("no training steps were recorded (after warm-up); system timelines only")
+        con.print("no training steps were seen (after warm-up): system and process timelines only")
     else:
         st, tp, sp = summary["step_time_s"], summary["throughput"], summary["step_time_spread"]
         con.print(f"throughput {fmt_num(tp['per_s'])} {tp['unit']}/s   step time median {fmt_s(st['median'])}  "

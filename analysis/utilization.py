@@ -9,9 +9,9 @@ TBD paper; see docs/methodology.md):
 * system CPU: busy share of all the host's cores, and of each core;
 * GPU compute utilization: NVML's utilization, the share of time in which at
   least one kernel was running on the GPU (TBD's "GPU compute utilization");
-* FP32 utilization: achieved FP32 operations / peak, which needs hardware
-  counters this recorder does not collect, so it is reported as
-  ``"unavailable"``, never estimated.
+* FP32 utilization: the FP32 pipe's activity, from NVML's GPM counters on
+  Hopper and newer; elsewhere ``"unavailable"``, never estimated
+  (:mod:`.gpu` computes it).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from __future__ import annotations
 from tbdprof import schema
 
 from .load import Run
+from .gpu import gpu_figures
 from .timeline import gauge_stats
 
 GPU_METRICS = ("gpu.util_pct", "gpu.mem_util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "gpu.power_w")
 CPU_METRICS = ("cpu.process_pct", "cpu.process_threads", "cpu.system_pct", "cpu.core_pct", "cpu.iowait_pct", "cpu.runnable")
-FP32_UNAVAILABLE = "unavailable: needs FP32 instruction counters (CUPTI/Nsight), which tbdprof does not record"
 
 
 def utilization(run: Run) -> dict:
@@ -48,6 +48,7 @@ def utilization(run: Run) -> dict:
         cores = h.get("per_core_pct", {})
         h["cores"] = len(cores) or None
         h["per_core_pct"] = dict(sorted(cores.items(), key=lambda kv: (len(kv[0]), kv[0])))
+    fp32 = gpu_figures(run)["per_rank"] if gpus else {}
     for g in gpus.values():
-        g["fp32_util"] = FP32_UNAVAILABLE
+        g["fp32_util"] = fp32.get(str(g["rank"]), {}).get("fp32_util_pct", "unavailable")
     return {"per_rank": per_rank, "per_host": per_host, "gpus": gpus, "gpu_recorded": bool(gpus)}

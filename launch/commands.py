@@ -19,6 +19,8 @@ def cmd_run(args) -> int:
     command = [sys.executable, "-m", "tbdprof.workloads.train", *runner_argv(args)]
     meta = {"workload": wl.name, "preset": args.preset, "profiled": not args.no_profile}
     print(f"tbdprof: run {run_dir} ({args.nproc} rank{'s' if args.nproc != 1 else ''})", file=sys.stderr)
+    if args.engine == "horovod":  # Horovod's gloo rendezvous and per-rank HOROVOD_* variables
+        from .horovod import run_local_horovod as run_local
     code = run_local(command, args.nproc, run_dir, meta)
     if code == 0 and not args.no_profile and not args.no_report:
         args.then_report = run_dir
