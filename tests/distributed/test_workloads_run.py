@@ -43,8 +43,12 @@ def test_workload_runs_profiled(name, nproc, tmp_path, data_cache):
         assert set(registry.get(name).phases) <= names, f"rank {rank} lacks {set(registry.get(name).phases) - names}"
         assert len({n for r, n, k in rows if r == rank and k == "step"}) == 1
     assert read_chars_delta(run) > 0
-    units = [json.loads(p.read_text())["metadata"]["units_per_step"] for p in run.glob("host=*/rank=*/rank.json")]
-    assert len(units) == nproc and all(len(u) == 2 and min(u) > 0 for u in units)
+    # every step counts its samples, and its tokens or frames where that is the workload's unit
+    steps = duckdb.sql(f"SELECT items, units FROM read_parquet('{run}/**/spans-*.parquet', hive_partitioning=true) "
+                       "WHERE kind = 'step'").fetchall()
+    assert len(steps) == 2 * nproc and all(items > 0 for items, _ in steps)
+    if registry.get(name).unit != "samples":
+        assert all(units and units > 0 for _, units in steps)
 
 
 def test_a_data_set_in_the_wrong_format_is_one_line_exit_2(tmp_path, data_cache):
