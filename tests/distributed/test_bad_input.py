@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import run_cli
+from clirun import run_cli
 
 
 def _assert_one_line_error(proc, needle):

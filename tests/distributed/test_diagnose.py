@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from clirun import run_cli
 from tbdprof.launch.local import new_run_dir, run_local
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import json
 import duckdb
 import pytest
 
-from conftest import run_cli
+from clirun import run_cli
 
 STEPS, WARMUP = 12, 2
 

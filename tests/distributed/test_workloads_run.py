@@ -6,7 +6,7 @@ import re
 import duckdb
 import pytest
 
-from conftest import run_cli
+from clirun import run_cli
 from tbdprof.workloads import registry
 
 WORKLOADS = ["inception_v3", "seq2seq", "transformer", "faster_rcnn", "deepspeech2", "wgan", "a3c"]

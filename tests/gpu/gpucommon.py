@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
+from clirun import run_cli
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(

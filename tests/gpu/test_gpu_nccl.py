@@ -31,7 +31,7 @@ def _check_comm(run, grad_bytes: int, ranks: int) -> None:
 
 @pytest.mark.skipif(not TWO_GPUS, reason="needs two GPUs for a 2-rank NCCL run")
 def test_two_rank_nccl_comm_bytes_are_gradient_bytes(tmp_path, data_cache):
-    from conftest import run_cli
+    from clirun import run_cli
 
     run_cli("run", "resnet50", "--nproc", 2, "--device", "cuda", "--preset", "tiny", "--steps", 8, "--out", tmp_path, "--run-id", "nccl")
     params = rank_json(tmp_path / "nccl")["metadata"]["params"]

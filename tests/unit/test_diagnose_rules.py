@@ -147,7 +147,7 @@ def test_low_device_utilization(tmp_path, util, severity):
 
 
 def test_cli_json_and_unreadable_run(tmp_path):
-    from conftest import run_cli
+    from clirun import run_cli
 
     make_run(tmp_path / "r", data_ms={0: 55, 1: 55})
     out = json.loads(run_cli("diagnose", tmp_path / "r", "--json").stdout)
