@@ -31,3 +31,11 @@ def fmt_pct(x, digits: int = 1) -> str:
 
 def fmt_num(x, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def stopped_ranks_note(summary: dict) -> str | None:
+    """'rank 1 stopped at 12.3 s (status running)' for each rank that did not finish cleanly."""
+    parts = [f"rank {r['rank']} stopped at {r['last_seen_s']:.1f} s (status {r['status']})"
+             if r.get("last_seen_s") is not None else f"rank {r['rank']} (status {r['status']})"
+             for r in summary["ranks"] if r["rank"] in summary["incomplete_ranks"]]
+    return "ranks that did not finish cleanly: " + "; ".join(parts) if parts else None

@@ -13,7 +13,7 @@ import time
 from tbdprof import schema
 
 from . import plots
-from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
+from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
 from .load import Run
 from .steps import step_series
 from .timeline import metric_series, span_series
@@ -74,6 +74,7 @@ def _overview(summary: dict) -> list[str]:
     out = [_section("Overview")]
     notes = summary["problems"] + [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
     notes += [f"ranks with no steady-state steps: {summary['ranks_without_steps']}"] * bool(summary["ranks_without_steps"])
+    notes += [n for n in [stopped_ranks_note(summary)] if n]
     out += [f'<p class="note">{_esc(p)}</p>' for p in notes]
     out.append("".join(f'<div class="kpi">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in kpis))
     return out

@@ -33,8 +33,15 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
 
 
+def _last_seen_s(run: Run) -> dict[int, float]:
+    """Per rank, seconds from the run's start to its last recorded span (where a killed rank stopped)."""
+    rows = run.sql("SELECT rank, max(end_ns) FROM spans GROUP BY rank") if run.has(schema.SPANS) else []
+    return {r: (t - run.t0_ns) / 1e9 for r, t in rows if t is not None}
+
+
 def _rank_entries(run: Run, steps: dict) -> list[dict]:
     out = []
+    last_seen = _last_seen_s(run)
     for rank, m in sorted(run.ranks.items()):
         pr = steps.get("per_rank", {}).get(str(rank), {})
         start = (m.get("clock") or {}).get("start") or {}
@@ -49,6 +56,7 @@ def _rank_entries(run: Run, steps: dict) -> list[dict]:
             "median_step_s": pr.get("median_s"),
             "clock_offset_ns": start.get("offset_ns"),
             "clock_uncertainty_ns": start.get("uncertainty_ns"),
+            "last_seen_s": last_seen.get(rank),
         })
     return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tbdprof import schema
 
-from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
+from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
 
 
 def table(title: str, header: list[str], rows: list[list[str]]):
@@ -33,7 +33,7 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
               f"ranks={summary['world_size']} hosts={len(summary['hosts'])}", markup=True)
     notes = list(summary["problems"])
     notes += [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
-    notes += [f"ranks that did not finish cleanly: {summary['incomplete_ranks']}"] * bool(summary["incomplete_ranks"])
+    notes += [n for n in [stopped_ranks_note(summary)] if n]
     notes += [f"ranks with no steady-state steps: {summary['ranks_without_steps']}"] * bool(summary["ranks_without_steps"] and summary["steps"])
     for note in notes:
         con.print("note: " + note, markup=False, style="yellow")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,8 +78,22 @@ def stop_all(procs: list[subprocess.Popen], grace_s: float = TERM_GRACE_S) -> No
             p.wait()
 
 
+class _Terminated(Exception):
+    """The launcher itself got SIGTERM (a scheduler cancelling the job)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def wait_all(procs: list[subprocess.Popen]) -> list[int]:
-    """Wait for every rank; the first failure stops the rest. Returns exit codes."""
+    """Wait for every rank; the first failure stops the rest. Returns exit codes.
+
+    SIGINT or SIGTERM to the launcher stops the ranks the same way (SIGTERM,
+    so their profilers flush, then SIGKILL), instead of leaving them orphaned.
+    """
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         while True:
             codes = [p.poll() for p in procs]
@@ -88,9 +103,12 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int]:
                 stop_all(procs)
                 return [p.returncode for p in procs]
             time.sleep(0.1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         stop_all(procs)
         return [p.returncode for p in procs]
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_local(command: list[str], nproc: int, run_dir: Path, meta: dict) -> int:

@@ -61,3 +61,35 @@ def test_sigterm_flushes_and_marks_the_rank(tmp_path):
     assert written == meta["rows_written"]["spans"]
     # every step has its step span; the step the signal interrupted may lack its phase
     assert written >= 2 * meta["steps"] - 1
+
+
+def test_sigterm_to_the_launcher_stops_and_flushes_every_rank(tmp_path, data_cache):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "TBDPROF_RUN_DIR")}
+    launcher = subprocess.Popen([sys.executable, "-m", "tbdprof", "run", "resnet50", "--nproc", "2", "--steps", "100000",
+                                 "--flush-s", "0.5", "--out", str(tmp_path), "--run-id", "cancelled", "--no-report"],
+                                env=env, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "cancelled"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(run.glob("host=*/rank=*/spans-*.parquet"))) < 2:
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) != 0
+    statuses = sorted(json.loads(p.read_text())["status"] for p in run.glob("host=*/rank=*/rank.json"))
+    assert statuses == ["terminated", "terminated"]  # both ranks flushed and closed, none orphaned
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_report_names_the_rank_that_stopped_and_when(tmp_path):
+    proc = _launch(tmp_path)
+    run = tmp_path / "killed"
+    _wait_for_segments(run)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    from tbdprof.analysis.report import report
+
+    summary = report(run)
+    assert summary["incomplete_ranks"] == [0] and not summary["complete"]
+    last = summary["ranks"][0]["last_seen_s"]
+    assert last is not None and last > 0
+    html = (run / "report.html").read_text()
+    assert "rank 0 stopped at" in html
