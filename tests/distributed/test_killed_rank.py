@@ -26,10 +26,10 @@ def _launch(tmp_path):
     return subprocess.Popen([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env)
 
 
-def _wait_for_segments(run, n=3, timeout=60):
+def _wait_for_segments(run, n=3, timeout=60, rank="0"):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if len(list(run.glob("host=*/rank=0/spans-*.parquet"))) >= n:
+        if len(list(run.glob(f"host=*/rank={rank}/spans-*.parquet"))) >= n:
             return
         time.sleep(0.1)
     raise AssertionError("no segments written")
@@ -69,9 +69,7 @@ def test_sigterm_to_the_launcher_stops_and_flushes_every_rank(tmp_path, data_cac
                                  "--flush-s", "0.5", "--out", str(tmp_path), "--run-id", "cancelled", "--no-report"],
                                 env=env, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "cancelled"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(run.glob("host=*/rank=*/spans-*.parquet"))) < 2:
-        time.sleep(0.2)
+    _wait_for_segments(run, n=2, timeout=120, rank="*")
     launcher.send_signal(signal.SIGTERM)
     assert launcher.wait(timeout=60) != 0
     statuses = sorted(json.loads(p.read_text())["status"] for p in run.glob("host=*/rank=*/rank.json"))
