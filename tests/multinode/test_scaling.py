@@ -104,3 +104,22 @@ def test_cli_writes_the_report(sweeps):
     assert res.returncode == 0, res.stderr
     assert "efficiency gap by cause" in res.stdout
     assert {p.name for p in out.glob("scaling*")} >= {"scaling.json", "scaling.html", "scaling-throughput.png"}
+
+
+def _run_of(sweep_dir, nproc: int):
+    from tbdprof import store
+
+    (run,) = [r for r in store.read_json(sweep_dir / "sweep.json")["runs"] if r["nproc"] == nproc]
+    return sweep_dir / run["path"]
+
+
+def test_diagnose_names_the_slow_link(sweeps):
+    """The planted slow link (issue 8): diagnose calls the 2-host run communication-bound, the fast one not."""
+    from tbdprof.analysis.diagnose import diagnose
+
+    fast, slow = (_run_of(folders[0], 2) for folders in sweeps)
+    slow_kinds = {f.kind for f in diagnose(slow)}
+    fast_kinds = {f.kind for f in diagnose(fast)}
+    print(f"\nslow link: {sorted(slow_kinds)}; fast link: {sorted(fast_kinds)}")
+    assert "communication_bound" in slow_kinds
+    assert "communication_bound" not in fast_kinds
