@@ -93,6 +93,7 @@ def build(here: Path, work: Path, start: int) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     cap = work / "captured"
     scrub = Scrub(work)
@@ -138,7 +139,8 @@ def build(here: Path, work: Path, start: int) -> None:
     ax.plot([s for s, _ in steps], [ms for _, ms in steps], "o-", ms=3)
     w = 2  # the default --warmup
     ax.axvspan(-0.5, w - 0.5, color="0.85", label=f"the default warm-up ({w} steps, left out)")
-    ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_ylabel("step time (ms, log)")
+    ax.set_ylim(0, max(ms for _, ms in steps) * 1.1); ax.set_xlabel("step"); ax.set_ylabel("step time (ms)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_title("resnet50 tiny, 1 rank, 1 thread (run warm0): step time of every step", fontsize=8); ax.legend(fontsize=8)
     fig.tight_layout(); fig.savefig(here / "warmup.png"); plt.close(fig)
 
@@ -241,7 +243,7 @@ def build(here: Path, work: Path, start: int) -> None:
                 }
         nums["scaling"] = sc
         causes = sorted({k for link in sc for n in sc[link] for k in sc[link][n]["causes"]})
-        fig, ax = plt.subplots(figsize=(5.5, 2.6))
+        fig, ax = plt.subplots(figsize=(6.5, 2.4))
         left = {"fast": 0.0, "slow": 0.0}
         colors = dict(zip(causes, ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#7f7f7f"]))
         labels = {"fast": "unshaped link", "slow": "20 Mbit/s link"}
@@ -257,7 +259,7 @@ def build(here: Path, work: Path, start: int) -> None:
             left[link] = x
         handles, names = ax.get_legend_handles_labels()
         uniq = dict(zip(names, handles))
-        ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+        ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         ax.set_xlim(0, 1.05); ax.set_xlabel("share of ideal throughput at 2 ranks (2 hosts)")
         ax.set_title("resnet50 tiny, 1 to 2 hosts: efficiency and where the gap goes", fontsize=8)
         fig.tight_layout(); fig.savefig(here / "scaling.png"); plt.close(fig)
