@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import re
 
-from .breakdown import coverage_ns
-from .load import Run, sql_list
+from .breakdown import coverage_ns, steady_comm
+from .load import Run
 from .timeline import counter_rates
 
 NET_METRICS = ("net.bytes_sent", "net.bytes_recv")
@@ -73,8 +73,10 @@ def collective_bandwidth(run: Run, link_bytes_per_s: float | None = None) -> dic
     n = run.world_size
     warm = run.warmup_steps
     out: dict[str, dict] = {}
-    for (name,) in run.sql("SELECT DISTINCT name FROM spans WHERE kind = 'comm' AND step >= ? ORDER BY 1", [warm]):
-        where = f"kind = 'comm' AND step >= {int(warm)} AND name IN {sql_list([name])}"
+    names = [n for (n,) in run.sql("SELECT DISTINCT name FROM spans WHERE kind = 'comm' AND step >= ? ORDER BY 1", [warm])]
+    for name in names:
+        # one collective: the same spans as the breakdown's, whose islands are cached
+        where = steady_comm(run) if len(names) == 1 else steady_comm(run, (name,))
         busy = {r: c["total"] / 1e9 for r, c in coverage_ns(run, where).items()}
         rows = run.sql(
             "SELECT rank, count(*), sum(bytes), median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) FROM spans "

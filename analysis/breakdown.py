@@ -27,9 +27,24 @@ def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> di
     """Per rank: ``total``, the measure of the union of spans matching ``base``, and for each
     ``others`` label the measure of that union inside the spans (phases) matching its condition.
 
-    Conditions are SQL over the ``spans`` view, without parameters.
+    Conditions are SQL over the ``spans`` view, without parameters. Results
+    are cached per run: asking again for a base's ``total`` alone reuses any
+    earlier result for that base.
     """
     others = others or {}
+    cache = run.cached("coverage", dict)
+    key = (base, tuple(sorted(others.items())))
+    if key in cache:
+        return cache[key]
+    if not others:
+        for (b, _), result in cache.items():
+            if b == base:
+                return {r: {"total": v["total"]} for r, v in result.items()}
+    cache[key] = _coverage_ns(run, base, others)
+    return cache[key]
+
+
+def _coverage_ns(run: Run, base: str, others: dict[str, str]) -> dict[int, dict[str, int]]:
     islands = (
         f"WITH b AS (SELECT rank, step, start_ns, end_ns FROM spans WHERE end_ns > start_ns AND ({base})), "
         "m AS (SELECT *, max(end_ns) OVER (PARTITION BY rank ORDER BY start_ns, end_ns "
@@ -58,6 +73,12 @@ def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> di
     return {r: v for r, v in out.items() if v["total"] > 0}
 
 
+def steady_comm(run: Run, names: tuple[str, ...] | None = None) -> str:
+    """SQL condition: steady-state communication spans (of collectives ``names``, or all)."""
+    cond = f"kind = 'comm' AND step >= {int(run.warmup_steps)}"
+    return cond if names is None else f"{cond} AND name IN {sql_list(names)}"
+
+
 def comm_overlap(run: Run) -> dict[int, dict[str, int]]:
     """Per rank, steady-state communication time in ns: total, overlapped, hidden, exposed, outside phases.
 
@@ -67,8 +88,7 @@ def comm_overlap(run: Run) -> dict[int, dict[str, int]]:
     total - hidden; ``outside_phases`` the part no phase at all covers (the
     share of ``other`` step time that is communication).
     """
-    comm = f"kind = 'comm' AND step >= {int(run.warmup_steps)}"
-    cover = coverage_ns(run, comm, {"overlapped": _BACKWARD, "hidden": _COMPUTE, "phased": _ANY_PHASE})
+    cover = coverage_ns(run, steady_comm(run), {"overlapped": _BACKWARD, "hidden": _COMPUTE, "phased": _ANY_PHASE})
     return {
         r: {"total": c["total"], "overlapped": c["overlapped"], "hidden": c["hidden"],
             "exposed": c["total"] - c["hidden"], "outside_phases": c["total"] - c["phased"]}

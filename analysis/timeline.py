@@ -103,32 +103,30 @@ def counter_buckets_sql(where: str) -> str:
     )
 
 
-def _rebucket(points: list[tuple[float, float]], max_points: int) -> list[tuple[float, float]]:
-    """Merge consecutive points so that at most ``max_points`` remain (means of x and y)."""
-    k = -(-len(points) // max_points)
-    if k <= 1:
-        return points
-    return [(sum(x for x, _ in chunk) / len(chunk), sum(y for _, y in chunk) / len(chunk))
-            for chunk in (points[i : i + k] for i in range(0, len(points), k))]
-
-
 def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: float = 1.0) -> Series:
     """``metric`` over time per (host or rank, device): (seconds since run start, value / scale).
 
     Counters come back as per-second rates. At most ``max_points`` points per
-    series (read from :func:`sample_buckets`, merged further when fewer are asked).
+    series: the buckets of :func:`sample_buckets`, merged ``k`` at a time in
+    SQL when fewer points are asked for.
     """
     if sample_buckets(run) is None:
         return {}
     width = bucket_width(run)
+    k = max(1, -(-MAX_POINTS // max(1, max_points)))
     if is_counter(metric):
-        query = f"SELECT host, rank, device, b, dv / (dt_ns / 1e9) FROM ({counter_buckets_sql('metric = ?')}) WHERE dt_ns > 0 ORDER BY ALL"
+        query = (f"SELECT host, rank, device, b // {k} AS g, sum(dv) / (sum(dt_ns) / 1e9) "
+                 f"FROM ({counter_buckets_sql('metric = ?')}) WHERE dt_ns > 0 GROUP BY ALL ORDER BY ALL")
     else:
-        query = "SELECT host, rank, device, b, mean FROM sample_buckets WHERE metric = ? ORDER BY ALL"
+        query = f"SELECT host, rank, device, b // {k} AS g, sum(mean * n) / sum(n) FROM sample_buckets WHERE metric = ? GROUP BY ALL ORDER BY ALL"
     out: Series = {}
-    for host, rank, device, b, value in run.sql(query, [metric]):
-        out.setdefault(label(metric, host, rank, device), []).append(((b + 0.5) * width / 1e9, value / scale))
-    return {k: _rebucket(pts, max_points) for k, pts in out.items()}
+    names: dict[tuple, list] = {}
+    for host, rank, device, g, value in run.sql(query, [metric]):
+        pts = names.get((host, rank, device))
+        if pts is None:
+            pts = names[(host, rank, device)] = out.setdefault(label(metric, host, rank, device), [])
+        pts.append(((g + 0.5) * k * width / 1e9, value / scale))
+    return out
 
 
 def span_series(run: Run, where: str, max_points: int = MAX_POINTS) -> Series:
