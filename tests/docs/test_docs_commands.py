@@ -79,3 +79,15 @@ def test_runnable_blocks(page, tmp_path, data_cache):
         print(f"{page}:{line}: exit {proc.returncode} in {took:.1f} s")
         assert proc.returncode == 0, (f"{page}:{line}: block exited {proc.returncode}:\n{code}\n"
                                       f"--- stdout (tail)\n{proc.stdout[-3000:]}\n--- stderr (tail)\n{proc.stderr[-3000:]}")
+
+
+def test_index_links_every_page():
+    index = (DOCS / "index.md").read_text()
+    pages = sorted(p.name for p in DOCS.glob("*.md") if p.name != "index.md")
+    missing = [p for p in pages if f"]({p}" not in index]
+    assert not missing, f"docs/index.md does not link to {missing}"
+
+
+def test_tutorial_figures_are_small():
+    for png in (DOCS / "tutorial").glob("*.png"):
+        assert png.stat().st_size < 150_000, f"{png.name}: {png.stat().st_size} bytes (keep figures under 150 KB)"
