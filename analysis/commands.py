@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def cmd_report(args) -> int:
@@ -16,7 +17,10 @@ def cmd_report(args) -> int:
 def cmd_export(args) -> int:
     from .export import export
 
-    export(args.run_dir, args.format, args.output, ranks=args.ranks, start_s=args.start, end_s=args.end)
+    try:
+        export(args.run_dir, args.format, args.output, ranks=args.ranks, start_s=args.start, end_s=args.end)
+    except BrokenPipeError:  # `export -o - | head`: the reader has all it wants
+        sys.stdout = None  # nothing left to flush into the closed pipe at exit
     return 0
 
 

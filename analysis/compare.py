@@ -79,7 +79,8 @@ def compare_summaries(a: dict, b: dict) -> dict:
     fa, fb = figures(a), figures(b)
     rows = []
     for name in dict.fromkeys([*fa, *fb]):
-        (va, unit), (vb, _) = fa.get(name, (None, fb[name][1])), fb.get(name, (None, None))
+        (va, unit_a), (vb, unit_b) = fa.get(name, (None, None)), fb.get(name, (None, None))
+        unit = unit_a or unit_b
         if va is None and vb is None:
             continue
         both = va is not None and vb is not None

@@ -82,10 +82,15 @@ class Workload:
 
     def check_batch_size(self, preset: Preset, batch_size: int) -> str | None:
         """Why ``batch_size`` (per rank) cannot be used, or None when it can."""
+        if batch_size < 2 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self._meta_model(preset).modules()):
+            return "a batch size of 1 cannot train: its BatchNorm layers need more than one sample per batch"
         return None
+
+    def _meta_model(self, preset: Preset) -> torch.nn.Module:
+        """The preset's model on the meta device: its structure, no memory, no initialisation."""
+        with torch.device("meta"):
+            return self.build_model(preset)
 
     def param_count(self, preset_name: str) -> int:
         """Parameters of a preset's model, built on the meta device (no memory, no init)."""
-        with torch.device("meta"):
-            model = self.build_model(self.presets[preset_name])
-        return sum(p.numel() for p in model.parameters())
+        return sum(p.numel() for p in self._meta_model(self.presets[preset_name]).parameters())

@@ -108,8 +108,6 @@ def validate(args) -> tuple:
         os.environ.update(engine_env(args))  # also checks the engine is installed
     except EngineUnavailable as e:
         raise UsageError(str(e)) from None
-    from .base import Workload
-
     if args.amp == "fp16" and type(wl).train_step is not Workload.train_step:
         raise UsageError(f"workload {wl.name} runs its own training step, which has no loss scaling: use --amp bf16")
     preset = wl.presets[args.preset]

@@ -42,3 +42,8 @@ def test_data_folder_in_the_wrong_format(tmp_path, data_cache):
     proc = run_cli("run", "resnet50", "--data", bad, "--out", tmp_path / "runs", check=False)
     assert proc.returncode == 2
     assert "meta.json" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_batch_size_one_with_batchnorm_is_refused_before_launch(tmp_path):
+    _assert_one_line_error(run_cli("run", "resnet50", "--batch-size", 1, "--out", tmp_path, check=False),
+                           "BatchNorm layers need more than one sample")

@@ -42,3 +42,12 @@ def test_cli_json_and_tables(tmp_path, capsys):
     assert cli.main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "environment differences" in out and "OMP_NUM_THREADS" in out
+
+
+def test_a_figure_present_in_one_run_only():
+    from tbdprof.analysis.compare import compare_summaries
+
+    a = {"network": {"collectives": {"allreduce": {"algbw_bytes_per_s": 5e8, "busbw_bytes_per_s": 5e8}}}}
+    rows = {r["figure"]: r for r in compare_summaries(a, {})["figures"]}
+    assert rows["allreduce algbw"]["a"] == 5e8 and rows["allreduce algbw"]["b"] is None
+    assert rows["allreduce algbw"]["unit"] == "bytes/s" and rows["allreduce algbw"]["relative"] is None
