@@ -22,7 +22,7 @@ from common import emit, step_medians, tbdprof  # noqa: E402
 CONFIGS = [("resnet50", 1), ("resnet50", 2), ("transformer", 1), ("transformer", 2)]
 
 
-def measure(workload: str, nproc: int, repeats: int, steps: int, warmup: int, out: Path) -> dict:
+def measure(workload: str, nproc: int, repeats: int, steps: int, warmup: int, out: Path, threads: int) -> dict:
     ratios, prof_ms, base_ms = [], [], []
     for i in range(repeats):
         pair = {}
@@ -30,7 +30,7 @@ def measure(workload: str, nproc: int, repeats: int, steps: int, warmup: int, ou
             run_id = f"{workload}-{nproc}-{mode}-{i}"
             extra = ["--no-profile"] if mode == "base" else []
             tbdprof("run", workload, "--preset", "tiny", "--nproc", nproc, "--steps", steps, "--warmup", warmup,
-                    "--out", out, "--run-id", run_id, "--no-report", *extra)
+                    "--out", out, "--run-id", run_id, "--no-report", *extra, env={"OMP_NUM_THREADS": str(threads)})
             pair[mode] = statistics.median(step_medians(out / run_id, warmup))
         ratios.append(pair["prof"] / pair["base"])
         prof_ms.append(pair["prof"] * 1e3)
@@ -42,14 +42,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=120)
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1,
+                   help="OMP_NUM_THREADS per rank (default 1: two ranks on two cores without oversubscription noise)")
     args = p.parse_args(argv)
     from tbdprof.workloads.registry import names
 
     configs = [(w, n) for w, n in CONFIGS if w in names()]
     with tempfile.TemporaryDirectory() as tmp:
-        per = {f"{w} x{n}": measure(w, n, args.repeats, args.steps, args.warmup, Path(tmp)) for w, n in configs}
+        per = {f"{w} x{n}": measure(w, n, args.repeats, args.steps, args.warmup, Path(tmp), args.threads) for w, n in configs}
     emit({"overhead_ratio": max(v["ratio"] for v in per.values()), "configs": per}, args.json)
     return 0
 
