@@ -39,7 +39,9 @@ class SamplingThread(threading.Thread):
         self.cpu_s = 0.0  # CPU seconds of the sampling loop after start-up
         self.start_cpu_s = 0.0  # CPU seconds spent starting the samplers
         self.cpu_base = 0.0  # CPU seconds of the threads this one replaced (keeps the counter monotonic)
-        self._last_counter: dict[tuple[str, str], float] = {}
+        self._last_counter: dict[tuple[str, str], tuple[float, int]] = {}  # key -> (value, tick written)
+        self.heartbeat_ticks = max(1, round(hz))  # an unchanged counter is written once a second
+        self.retired = threading.Event()  # set by the watchdog: this thread is abandoned
         self._halt = threading.Event()
 
     def _disable(self, s: Sampler, e: BaseException) -> None:
@@ -55,23 +57,28 @@ class SamplingThread(threading.Thread):
             except Exception as e:  # noqa: BLE001
                 self._disable(s, e)
 
-    def tick(self) -> None:
+    def tick(self, final: bool = False) -> None:
         ts = clock.now_ns()
         append = self.out.append
         last = self._last_counter
 
+        tick = self.ticks
+
         def emit(metric: str, device: str, value: float) -> None:
-            # A cumulative counter that has not moved adds nothing: skip it
-            # (idle interfaces and disks would otherwise fill the store).
+            # A cumulative counter that has not moved is written again only
+            # once a second (idle interfaces and disks would otherwise fill the
+            # store), and always on the final tick, so readers find a reading
+            # at both ends of any window and the flat stretches in between.
             if metric in _COUNTERS:
                 key = (metric, device)
-                if last.get(key) == value:
+                seen = last.get(key)
+                if not final and seen is not None and seen[0] == value and tick - seen[1] < self.heartbeat_ticks:
                     return
-                last[key] = value
+                last[key] = (value, tick)
             append((ts, metric, device, value))
 
         for s in list(self.active):
-            if self._halt.is_set():
+            if self.retired.is_set():
                 return  # retired by the watchdog while a call hung
             self.in_flight = (s, time.monotonic())
             try:
@@ -94,6 +101,8 @@ class SamplingThread(threading.Thread):
             self.tick()
             self.cpu_s = time.thread_time() - t0
             self.out.append((clock.now_ns(), "recorder.sampler_cpu_s", "", self.cpu_base + self.cpu_s))
+        if not self.retired.is_set():
+            self.tick(final=True)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._halt.set()
@@ -125,6 +134,7 @@ class Sampling:
         if cur is None or time.monotonic() - cur[1] <= self.hang_s:
             return
         stuck = cur[0]
+        t.retired.set()
         t._halt.set()
         new = SamplingThread([s for s in t.active if s is not stuck], t.out, t.hz, started=True)
         new.disabled = {**t.disabled, stuck.name: f"hung in one call for more than {self.hang_s:g}s"}

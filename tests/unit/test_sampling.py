@@ -137,7 +137,7 @@ def test_process_sampler_includes_children_cpu_and_reads():
         child.wait()
 
 
-def test_unchanged_counters_are_not_repeated():
+def test_unchanged_counters_are_written_once_a_second_and_at_the_end():
     class Flat(Sampler):
         name = "flat"
 
@@ -146,13 +146,15 @@ def test_unchanged_counters_are_not_repeated():
             emit("cpu.system_pct", "", 5.0)  # a gauge: always recorded
 
     out = deque()
-    t = SamplingThread([Flat()], out, hz=100)
+    t = SamplingThread([Flat()], out, hz=10)
     t._start_samplers()
-    for _ in range(5):
+    for _ in range(25):
         t.tick()
     metrics = [r[1] for r in out]
-    assert metrics.count("net.bytes_sent") == 1
-    assert metrics.count("cpu.system_pct") == 5
+    assert metrics.count("net.bytes_sent") == 3  # ticks 0, 10, 20 (10 Hz: once a second)
+    assert metrics.count("cpu.system_pct") == 25
+    t.tick(final=True)
+    assert [r[1] for r in out].count("net.bytes_sent") == 4
 
 
 class Hang(Sampler):
