@@ -86,7 +86,7 @@ def _breakdown(summary: dict) -> list[str]:
     out.append(_figure(plots.stacked_bars(bars, "ms per step: phases, exposed comm outside phases, idle", "ms per step", 1e-3),
                        "step breakdown per rank"))
     phases = list(summary["phase_fraction"])
-    out.append(_table(["rank", *phases, "step"], [
+    out.append(_table(["rank", *phases, "mean step"], [
         [r, *[f"{fmt_s(b['phase_s_per_step'].get(p))} ({fmt_pct(b['phase_fraction'].get(p, 0))})" for p in phases], fmt_s(b["step_s"])]
         for r, b in summary["breakdown"].items()]))
     out.append("<p>Communication runs beside the phases: <i>overlapped</i> is the part inside backward, "

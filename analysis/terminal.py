@@ -47,7 +47,7 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
                   markup=False)
     phases = list(summary["phase_fraction"])
     con.print(table("step breakdown (fraction of step time; comm runs beside the phases)",
-                     ["rank", *phases, "step", "comm", "overlapped", "exposed"],
+                     ["rank", *phases, "mean step", "comm", "overlapped", "exposed"],
                      [[rank, *[fmt_pct(b["phase_fraction"].get(p, 0)) for p in phases], fmt_s(b["step_s"]),
                        fmt_s(b["comm_s_per_step"]["total"]), fmt_s(b["comm_s_per_step"]["overlapped"]),
                        fmt_s(b["comm_s_per_step"]["exposed"])] for rank, b in summary["breakdown"].items()]))
