@@ -38,6 +38,7 @@ class Run:
     files: dict[str, list[str]]  # table -> readable segment paths
     problems: list[str] = field(default_factory=list)
     con: duckdb.DuckDBPyConnection | None = None
+    optional_present: dict[str, frozenset[str]] = field(default_factory=dict)  # segment path -> its optional columns
 
     @property
     def world_size(self) -> int:
@@ -79,12 +80,18 @@ def sql_list(names) -> str:
     return "(" + ", ".join("'" + str(n).replace("'", "''") + "'" for n in names) + ")"
 
 
-def _check_segment(path: Path, table: str) -> str | None:
-    """None when the segment is readable and of a schema we understand, else why not."""
+def _check_segment(path: Path, table: str) -> tuple[str | None, frozenset[str]]:
+    """(None when the segment is readable and of a schema we understand, else why not;
+    the optional columns it has)."""
     try:
         md = pq.read_schema(path)
     except Exception as e:  # noqa: BLE001 - truncated, empty, not Parquet
-        return f"{path.name}: unreadable ({e.__class__.__name__})"
+        return f"{path.name}: unreadable ({e.__class__.__name__})", frozenset()
+    optional = schema.OPTIONAL_COLUMNS.get(table, ())
+    return _schema_problem(path, table, md, optional), frozenset(c for c in optional if c in md.names)
+
+
+def _schema_problem(path: Path, table: str, md, optional) -> str | None:
     meta = md.metadata or {}
     version = meta.get(schema.META_SCHEMA_VERSION)
     if version is not None:
@@ -93,7 +100,6 @@ def _check_segment(path: Path, table: str) -> str | None:
                 return f"{path.name}: schema version {int(version)} is newer than this tbdprof ({schema.SCHEMA_VERSION})"
         except ValueError:
             return f"{path.name}: bad schema version {version!r}"
-    optional = schema.OPTIONAL_COLUMNS.get(table, ())
     missing = [f.name for f in schema.TABLES[table] if f.name not in md.names and f.name not in optional]
     if missing:
         return f"{path.name}: missing columns {', '.join(missing)}"
@@ -119,6 +125,7 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
             problems.append(f"{schema.RUN_FILE}: unreadable ({e.__class__.__name__})")
     ranks: dict[int, dict] = {}
     files: dict[str, list[str]] = {t: [] for t in schema.TABLES}
+    optional_present: dict[str, frozenset[str]] = {}
     for rdir in sorted(path.glob("host=*/rank=*")):
         try:
             rank = int(rdir.name.split("=", 1)[1])
@@ -135,14 +142,17 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
         ranks[rank] = rmeta
         for table in schema.TABLES:
             for seg in store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}"))):
-                why = (skip or {}).get(str(seg)) or _check_segment(seg, table)
+                why, present = (skip or {}).get(str(seg)), frozenset()
+                if not why:
+                    why, present = _check_segment(seg, table)
                 if why:
                     problems.append(f"rank {rank}: {why}")
                 else:
                     files[table].append(str(seg))
+                    optional_present[str(seg)] = present
     if not ranks:
         raise RunError(f"{path}: no rank folders with data")
-    run = Run(path, meta, ranks, files, problems)
+    run = Run(path, meta, ranks, files, problems, optional_present=optional_present)
     run.con = _connect(run)
     return run
 
@@ -219,7 +229,7 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
         for (host, rank), paths in sorted(by_rank.items(), key=lambda kv: kv[0][1]):
             a, b, t0 = clocks.get(rank, (0.0, 0.0, 0))
             # a column newer than every segment of this rank reads as null
-            absent = {c for c in optional if not any(c in pq.read_schema(p).names for p in paths[:1] + paths[-1:])}
+            absent = {c for c in optional if not any(c in run.optional_present.get(p, ()) for p in paths)}
             select = ", ".join(
                 f"{_shift_sql(f.name, a, b, t0)} AS {f.name}" if f.name in cols
                 else f"NULL::{_duck_type(f)} AS {f.name}" if f.name in absent else f.name

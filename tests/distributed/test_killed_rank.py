@@ -35,12 +35,18 @@ def _wait_for_segments(run, n=3, timeout=60, rank="0"):
     raise AssertionError("no segments written")
 
 
-def test_sigkill_leaves_finished_segments_readable(tmp_path):
+def _killed_run(tmp_path):
+    """A profiled loop SIGKILLed after a few flushes: its run folder."""
     proc = _launch(tmp_path)
     run = tmp_path / "killed"
     _wait_for_segments(run)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    return run
+
+
+def test_sigkill_leaves_finished_segments_readable(tmp_path):
+    run = _killed_run(tmp_path)
     segments = sorted(run.glob("host=*/rank=0/*.parquet"))
     assert segments
     rows = sum(pq.read_table(s).num_rows for s in segments if s.name.startswith("spans"))
@@ -78,11 +84,7 @@ def test_sigterm_to_the_launcher_stops_and_flushes_every_rank(tmp_path, data_cac
 
 
 def test_report_names_the_rank_that_stopped_and_when(tmp_path):
-    proc = _launch(tmp_path)
-    run = tmp_path / "killed"
-    _wait_for_segments(run)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run = _killed_run(tmp_path)
     from tbdprof.analysis.report import report
 
     summary = report(run)
