@@ -7,37 +7,52 @@
 # sampler cost, overhead ratio). Results go to $OUT when set, else a temporary
 # folder. Meant to finish within 8 minutes.
 #
-# Python environment: if python3 already imports a CUDA build of torch, the
-# virtualenv sees its packages and only tbdprof (and what is missing) is
-# installed; otherwise torch==$TORCH_VERSION is installed from the package
-# index (there a pinned torch is a CUDA build). Wheels in $WHEELS, if set,
-# are used for packages the machine lacks (a machine with no network).
+# Python environment: where $PYTHON (python3) already imports torch, a
+# virtualenv is layered over it (its site folders added through a .pth file,
+# which also works when that Python is itself a virtualenv, where
+# --system-site-packages would reach only the base interpreter) and only
+# tbdprof is installed, without dependencies; otherwise torch==$TORCH_VERSION
+# and .[test] are installed from the package index. Wheels in $WHEELS, if set,
+# are installed first: that is how a machine with no network gets what it
+# lacks (tests/gpu/fetch_wheels.sh downloads them on a machine that has one).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 out="${OUT:-$(mktemp -d)}"
 venv="${VENV:-/tmp/tbdprof-gpu-venv}"
+base="${PYTHON:-python3}"
 torch_version="${TORCH_VERSION:-2.13.0}"
 steps="${STEPS:-30}"
 export PYTHONUNBUFFERED=1 TBDPROF_DATA="$out/data"
 mkdir -p "$out"
 
-if python3 -c 'import torch, sys; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-    python3 -m venv --system-site-packages "$venv"
-    py="$venv/bin/python"
-    if [[ -n "${WHEELS:-}" ]]; then
-        "$py" -m pip install -q --no-index --find-links "$WHEELS" duckdb
-    fi
-    "$py" -m pip install -q --no-deps --no-build-isolation -e .
+py="$venv/bin/python"
+if "$base" -c 'import torch' 2>/dev/null; then
+    "$base" -m venv --clear --without-pip "$venv"  # pip, setuptools and the rest come from $base
+    "$base" - >"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_tbdprof_base.pth" <<'PY'
+import site
+dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+print("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs))
+PY
+    pip_deps=(--no-deps --no-build-isolation)
 else
-    python3 -m venv "$venv"
-    py="$venv/bin/python"
+    "$base" -m venv --clear "$venv"
     "$py" -m pip install -q "torch==$torch_version"
-    "$py" -m pip install -q -e '.[test]'
+    pip_deps=()
 fi
+if [[ -n "${WHEELS:-}" ]]; then
+    "$py" -m pip install -q --no-index --no-deps "$WHEELS"/*.whl
+fi
+"$py" -m pip install -q "${pip_deps[@]}" -e '.[test]'
 "$py" - <<'PY'
-import duckdb, pynvml, torch  # noqa: F401 - fail early on a missing package
-assert torch.cuda.is_available(), "torch sees no CUDA device"
+import importlib.util, sys
+needed = ("torch", "duckdb", "pyarrow", "psutil", "matplotlib", "rich", "pynvml", "pytest", "hypothesis")
+missing = [m for m in needed if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python packages: {' '.join(missing)} (WHEELS=folder from tests/gpu/fetch_wheels.sh)")
+import torch
+if not torch.cuda.is_available():
+    sys.exit(f"torch {torch.__version__} sees no CUDA device")
 print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} GPU(s)")
 PY
 

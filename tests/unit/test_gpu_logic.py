@@ -124,6 +124,21 @@ def test_every_nvml_metric_is_in_the_schema():
     assert {m for m, _ in nvml.ALLOCATOR_STATS} <= set(schema.METRICS)
 
 
+def test_the_fake_matches_the_real_pynvml_names_and_arguments():
+    """Every NVML call faked here (so every call the sampler makes) exists in nvidia-ml-py with that many arguments."""
+    import inspect
+
+    faked = {k: v for k, v in vars(fake_nvml()).items() if k.startswith("nvml")}
+    assert len(faked) >= 20
+    for name, fake in faked.items():
+        real = getattr(pynvml, name, None)
+        assert callable(real), f"pynvml has no {name}"
+        if inspect.isfunction(fake):
+            params = inspect.signature(real).parameters.values()
+            required = sum(p.default is inspect.Parameter.empty for p in params)
+            assert required <= len(inspect.signature(fake).parameters) <= len(params), name
+
+
 def test_table_reads_every_metric_once_with_units(monkeypatch):
     s, nv = _sampler(monkeypatch)
     nv.buffer.append(_sample(300, 90))
