@@ -123,12 +123,12 @@ class CudaPending:
 
 
 class CudaPhase:
-    """A context manager timing a phase of device work on the current stream."""
+    """A context manager timing device work on the current stream (a phase, or a collective with its bytes)."""
 
-    __slots__ = ("pending", "prof", "name", "kind", "step", "begun")
+    __slots__ = ("pending", "prof", "name", "kind", "nbytes", "step", "begun")
 
-    def __init__(self, pending: CudaPending, prof, name: str, kind: str):
-        self.pending, self.prof, self.name, self.kind = pending, prof, name, kind
+    def __init__(self, pending: CudaPending, prof, name: str, kind: str, nbytes: int | None = None):
+        self.pending, self.prof, self.name, self.kind, self.nbytes = pending, prof, name, kind, nbytes
 
     def __enter__(self):
         self.step = self.prof.step_index
@@ -136,5 +136,5 @@ class CudaPhase:
         return self
 
     def __exit__(self, *exc):
-        self.pending.add(self.step, self.name, self.kind, None, self.begun, self.pending.record())
+        self.pending.add(self.step, self.name, self.kind, self.nbytes, self.begun, self.pending.record())
         return False

@@ -76,17 +76,17 @@ def _dist():
 class _Phase:
     """A reusable context manager timing one phase; cheap on the hot path."""
 
-    __slots__ = ("prof", "name", "kind", "start")
+    __slots__ = ("prof", "name", "kind", "nbytes", "start")
 
-    def __init__(self, prof: "Profiler", name: str, kind: str):
-        self.prof, self.name, self.kind = prof, name, kind
+    def __init__(self, prof: "Profiler", name: str, kind: str, nbytes: int | None = None):
+        self.prof, self.name, self.kind, self.nbytes = prof, name, kind, nbytes
 
     def __enter__(self):
         self.start = clock.now_ns()
         return self
 
     def __exit__(self, *exc):
-        self.prof._spans.append((self.prof.step_index, self.name, self.kind, self.start, clock.now_ns(), None, None))
+        self.prof._spans.append((self.prof.step_index, self.name, self.kind, self.start, clock.now_ns(), self.nbytes, None))
         return False
 
 
@@ -338,11 +338,25 @@ class Profiler:
         phase's work as the GPU ran it, not the host's launch calls; the writer
         thread resolves them. Without CUDA in use this is :meth:`phase`.
         """
+        return self._device_timed(name, schema.KIND_PHASE, None)
+
+    def comm(self, name: str = schema.COMM_ALLREDUCE, nbytes: int | None = None):
+        """Time a collective the script calls itself, e.g. a hand-written gradient allreduce:
+        ``with prof.comm("allreduce", nbytes=flat.nbytes): dist.all_reduce(flat)``.
+
+        Recorded as a ``comm`` span with its bytes, so the breakdown and the
+        bandwidth figures count it. Timed like :meth:`cuda_phase`: with CUDA
+        events when CUDA is in use (an NCCL collective is asynchronous to the
+        host), else with the host clock.
+        """
+        return self._device_timed(name, schema.KIND_COMM, nbytes)
+
+    def _device_timed(self, name: str, kind: str, nbytes: int | None):
         if not self.enabled:
             return _NULL
         if not cuda.in_use():
-            return _Phase(self, name, schema.KIND_PHASE)
-        return cuda.CudaPhase(self._cuda_pending(), self, name, schema.KIND_PHASE)
+            return _Phase(self, name, kind, nbytes)
+        return cuda.CudaPhase(self._cuda_pending(), self, name, kind, nbytes)
 
     def mark(self, name: str, start_ns: int, end_ns: int, nbytes: int | None = None) -> None:
         """Record a span timed elsewhere (timestamps from :func:`tbdprof.clock.now_ns`)."""
@@ -424,13 +438,17 @@ class Profiler:
     def watch(self, model, optimizer=None) -> None:
         """Record the memory breakdown of ``model`` and ``optimizer`` (see ``memory_every``) and, when
         ``model`` is DistributedDataParallel, its gradient allreduce buckets as comm spans
-        (for a Horovod ``DistributedOptimizer``, its per-gradient allreduces)."""
+        (for a Horovod ``DistributedOptimizer``, its per-gradient allreduces).
+
+        ``optimizer`` may be a list, for models trained by several (a GAN's generator and critic).
+        """
         if not self.enabled:
             return
         from .memory import MemoryTracker
 
         inner = getattr(model, "module", model)
-        self._trackers.append(MemoryTracker(inner, optimizer, self._rss, lambda: self.step_index, self._measure_memory))
+        optimizers = [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        self._trackers.append(MemoryTracker(inner, optimizers, self._rss, lambda: self.step_index, self._measure_memory))
         if hasattr(model, "register_comm_hook") and _dist() is not None:
             from .comm import make_allreduce_hook
 
@@ -440,8 +458,10 @@ class Profiler:
                 log.warning("tbdprof: no communication spans (%s)", e)
         from .horovod import HorovodComm, is_horovod_optimizer
 
-        if is_horovod_optimizer(optimizer):
-            self._pending = HorovodComm(optimizer, self._record_span, lambda: self.step_index)
+        for opt in optimizers:
+            if is_horovod_optimizer(opt):
+                self._pending = HorovodComm(opt, self._record_span, lambda: self.step_index)
+                break
 
     def _measure_memory(self, step: int) -> bool:
         return step <= self.warmup_steps + 1 or step % self.memory_every == 0

@@ -171,6 +171,9 @@ class A3C(Workload):
     domain = "reinforcement learning"
     unit = "frames"
     phases = ("env_step", "forward", "backward", "optimizer")
+    engines = ("ddp",)
+    engines_reason = ("its actor-learners update weights shared in host memory, with no gradient allreduce; "
+                      "Horovod's DistributedOptimizer would make them synchronous")
     presets = {
         "tiny": Preset(model=dict(frames=2, size=40, hidden=64, actions=5), batch_size=4, samples=256, lr=7e-4, data=dict(grid=10)),
         "small": Preset(model=dict(frames=4, size=60, hidden=128, actions=5), batch_size=4, samples=1024, lr=7e-4, data=dict(grid=15)),
@@ -231,7 +234,7 @@ class A3C(Workload):
             loss = loss - (log_probs[t] * advantage.detach()).mean() + VALUE * advantage.pow(2).mean() - ENTROPY * entropies[t].mean()
         return loss / T_MAX
 
-    def train_step(self, model, optimizer, batch, phase) -> bool:
+    def train_step(self, model, optimizer, batch, phase, average_gradients) -> bool:
         net = unwrap(model)  # asynchronous: no gradient allreduce
         if self._envs is None:
             share_parameters(net)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -38,6 +38,9 @@ class Workload:
     reference_source = ""  # where that figure comes from
     # The phases one training step records besides data_wait and h2d.
     phases: tuple[str, ...] = ("forward", "backward", "optimizer")
+    # The engines the workload's step is right under, and why, where not all.
+    engines: tuple[str, ...] = ("ddp", "horovod")
+    engines_reason = ""
 
     def build_model(self, preset: Preset) -> torch.nn.Module:
         raise NotImplementedError
@@ -55,17 +58,27 @@ class Workload:
         """Forward pass and loss for one (device-resident) batch."""
         raise NotImplementedError
 
-    def train_step(self, model: torch.nn.Module, optimizer, batch: Any, phase: Callable[[str], Any]) -> bool:
+    def train_step(self, model: torch.nn.Module, optimizer, batch: Any, phase: Callable[[str], Any],
+                   average_gradients: Callable[[Iterable[torch.nn.Parameter]], None]) -> bool:
         """Override for loops that are not forward/backward/optimizer once (GANs, RL).
 
-        ``phase(name)`` is a context manager timing a phase of the step. Return
-        True when the step was handled; the default returns False and the
-        runner does forward (``loss``), backward and optimizer itself.
+        ``phase(name)`` is a context manager timing a phase of the step.
+        ``average_gradients(params)`` averages those gradients over the ranks
+        through the engine (a no-op alone, recorded as communication), for a
+        step that does not go through the engine's model wrapper. Return True
+        when the step was handled; the default returns False and the runner
+        does forward (``loss``), backward and optimizer itself.
         """
         return False
 
     def optimizer(self, model: torch.nn.Module, preset: Preset) -> torch.optim.Optimizer:
+        """The runner's optimizer (the engine wraps it)."""
         return torch.optim.SGD(model.parameters(), lr=preset.lr, momentum=0.9, weight_decay=1e-4)
+
+    def other_optimizers(self) -> tuple[torch.optim.Optimizer, ...]:
+        """Optimizers the workload's own step uses besides the runner's (made by ``optimizer``),
+        so that the memory breakdown counts their state."""
+        return ()
 
     def batch_items(self, batch: Any) -> int:
         """Samples in a batch (the throughput unit)."""

@@ -25,8 +25,29 @@ class Engine:
     def wrap(self, model, optimizer):
         return model, optimizer
 
+    def average_gradients(self, params, comm) -> None:
+        """Average the gradients of ``params`` over the ranks, for a step that trains outside the
+        wrapped model and optimizer (a GAN's halves in turn); ``comm(nbytes)`` times the collective.
+
+        Parameters the wrapped optimizer already averages are left to it.
+        """
+
     def shutdown(self) -> None:
         pass
+
+
+def _average_flat(params, comm, allreduce_mean) -> None:
+    """Average the gradients of ``params`` as one flat tensor through ``allreduce_mean(flat)``."""
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    with comm(flat.numel() * flat.element_size()):
+        allreduce_mean(flat)
+    for g, avg in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(avg.view_as(g))
 
 
 class DDPEngine(Engine):
@@ -48,6 +69,17 @@ class DDPEngine(Engine):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None), optimizer
+
+    def average_gradients(self, params, comm) -> None:
+        if self.info.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        def mean(flat):
+            dist.all_reduce(flat)
+            flat /= self.info.world_size
+
+        _average_flat(params, comm, mean)
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -98,11 +130,20 @@ class HorovodEngine(Engine):
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        self.averaged = {id(p) for group in optimizer.param_groups for p in group["params"]}
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
         # Horovod 0.28's zero_grad() takes no argument; torch loops pass set_to_none.
         own_zero_grad = super(type(optimizer), optimizer).zero_grad
         optimizer.zero_grad = lambda set_to_none=True: own_zero_grad(set_to_none=set_to_none)
         return model, optimizer
+
+    def average_gradients(self, params, comm) -> None:
+        hvd = self.hvd
+        if hvd.size() == 1:
+            return
+        # The DistributedOptimizer's own parameters are averaged from its backward hooks.
+        rest = [p for p in params if id(p) not in self.averaged]
+        _average_flat(rest, comm, lambda flat: hvd.allreduce_(flat, op=hvd.Average, name="tbdprof.average_gradients"))
 
     def shutdown(self) -> None:
         rank = self.hvd.rank()

@@ -102,6 +102,8 @@ def validate(args) -> tuple:
         raise UsageError(f"--slow-rank: workload {wl.name} runs its own step; the runner can only slow its forward phase")
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
+    if args.engine not in wl.engines:
+        raise UsageError(f"workload {wl.name} runs with --engine {' or '.join(wl.engines)} only: {wl.engines_reason}")
     from .engines import EngineUnavailable, engine_env
 
     try:
@@ -227,8 +229,11 @@ def train(args) -> int:
     autocast, scaler = _mixed_precision(args.amp, device)
     # On the GPU, phases are timed with CUDA events (device time, not launch time).
     phase = prof.cuda_phase if use_cuda else prof.phase
+    def average_gradients(params):
+        engine.average_gradients(params, lambda nbytes: prof.comm(nbytes=nbytes))
+
     with prof, (bar or _Null()):
-        prof.watch(model, optimizer)
+        prof.watch(model, [optimizer, *wl.other_optimizers()])
         model.train()
         while step < args.steps:
             sampler.set_epoch(epoch)
@@ -238,7 +243,7 @@ def train(args) -> int:
                 with phase("h2d"):
                     batch = _to_device(batch, device)
                 with autocast():
-                    handled = wl.train_step(model, optimizer, batch, phase)
+                    handled = wl.train_step(model, optimizer, batch, phase, average_gradients)
                 if not handled:
                     with phase("forward"), autocast():
                         loss = wl.loss(model, batch)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._dist import average_gradients, unwrap
+from ._dist import unwrap
 from .base import Preset, Workload
 from .data import ShardDataset
 from .registry import register
@@ -97,7 +97,7 @@ class WGANWorkload(Workload):
     reference_source = "PyTorch examples DCGAN (Radford et al. 2016), nz 100, ngf = ndf = 64: generator 3,576,704 + critic 2,765,568"
 
     def __init__(self):
-        self._generator_opt = None
+        self._generator_opt: torch.optim.Optimizer | None = None
 
     def build_model(self, preset: Preset) -> nn.Module:
         return WGAN(**preset.model)
@@ -115,18 +115,21 @@ class WGANWorkload(Workload):
         return None
 
     def optimizer(self, model, preset):
-        """The critic's Adam (the runner's optimizer); the generator's, alike, is made in the first step."""
-        return torch.optim.Adam(unwrap(model).critic.parameters(), lr=preset.lr, betas=(0.0, 0.9))
+        """The critic's Adam (the runner's optimizer); the generator's, alike, is made beside it."""
+        gan = unwrap(model)
+        self._generator_opt = torch.optim.Adam(gan.generator.parameters(), lr=preset.lr, betas=(0.0, 0.9))
+        return torch.optim.Adam(gan.critic.parameters(), lr=preset.lr, betas=(0.0, 0.9))
+
+    def other_optimizers(self):
+        return (self._generator_opt,) if self._generator_opt is not None else ()
 
     def loss(self, model, batch):
         """The critic loss on the first real mini-batch."""
         gan = unwrap(model)
         return gan(batch[: len(batch) // gan.n_critic])
 
-    def train_step(self, model, optimizer, batch, phase) -> bool:
+    def train_step(self, model, optimizer, batch, phase, average_gradients) -> bool:
         gan = unwrap(model)  # gradients are averaged below: DDP cannot train two halves in turn
-        if self._generator_opt is None:
-            self._generator_opt = torch.optim.Adam(gan.generator.parameters(), lr=optimizer.defaults["lr"], betas=optimizer.defaults["betas"])
         gan.critic.requires_grad_(True)
         for real in batch.chunk(gan.n_critic):
             with phase("critic_forward"):

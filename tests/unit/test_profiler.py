@@ -128,6 +128,21 @@ def test_explicit_steps_and_user_phases(tmp_path, no_launcher):
     assert all(r[3] >= 9 for r in mine)
 
 
+def test_comm_spans_from_the_script_carry_their_bytes(tmp_path, no_launcher):
+    prof = tbdprof.Profiler(out=tmp_path, run_id="c", flush_s=5, sample_hz=20)
+    with prof:
+        for _ in range(2):
+            with prof.step():
+                with prof.comm(nbytes=4096):
+                    time.sleep(0.01)
+                with prof.comm("broadcast"):
+                    pass
+    rows = duckdb.sql(f"SELECT step, name, kind, bytes, end_ns - start_ns FROM read_parquet('{tmp_path}/c/**/spans-*.parquet') "
+                      "WHERE kind = 'comm' ORDER BY step, name").fetchall()
+    assert [r[:4] for r in rows] == [(s, n, "comm", b) for s in (0, 1) for n, b in (("allreduce", 4096), ("broadcast", None))]
+    assert all(r[4] >= 9_000_000 for r in rows if r[1] == "allreduce")
+
+
 def test_disabled_profiler_records_nothing(tmp_path, no_launcher):
     prof = tbdprof.Profiler(out=tmp_path, run_id="off", enabled=False)
     model = _model()

@@ -145,9 +145,14 @@ def test_step_hook_records_the_declared_phases(name, tiny_data):
         seen.append(n)
         return torch.autograd.profiler.record_function(n)
 
-    if not wl.train_step(model, optimizer, first_batch(wl, tiny_data(name)), phase):
+    averaged = []
+    if not wl.train_step(model, optimizer, first_batch(wl, tiny_data(name)), phase, lambda params: averaged.append(list(params))):
         seen += ["forward", "backward", "optimizer"]  # the runner's own loop
     assert set(seen) == set(wl.phases)
+    if name == "wgan":  # both halves are averaged through the engine, every time they are trained
+        critic, generator = list(model.critic.parameters()), list(model.generator.parameters())
+        assert averaged == [critic] * model.n_critic + [generator]
+        assert [len(o.param_groups[0]["params"]) for o in (optimizer, *wl.other_optimizers())] == [len(critic), len(generator)]
 
 
 @pytest.mark.parametrize("name", NEW)
