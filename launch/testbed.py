@@ -36,16 +36,24 @@ def _script(*args: str, state: Path) -> None:
         raise TestbedError((res.stderr.strip().splitlines() or [f"testbed.sh {args[0]} failed"])[-1])
 
 
+DEFAULT_NAME = "tbdp"
+
+
 @dataclass
 class Testbed:
-    """A running testbed: ``n`` hosts ``node0``..``node{n-1}``."""
+    """A running testbed: ``n`` hosts ``node0``..``node{n-1}``, in namespaces ``{name}-node{i}``."""
 
     n: int
     state: Path
+    name: str = DEFAULT_NAME
 
     @property
     def names(self) -> list[str]:
         return [f"node{i}" for i in range(self.n)]
+
+    def namespace(self, host: str) -> str:
+        """The network namespace of ``host`` (for ``ip netns``)."""
+        return f"{self.name}-{host}"
 
     def shape(self, bandwidth: str | None = None, delay: str | None = None) -> None:
         """Change every host's outgoing link: ``bandwidth`` like ``"20mbit"`` (None: unshaped)."""
@@ -53,7 +61,7 @@ class Testbed:
 
     def command(self, host: str, argv: list[str]) -> list[str]:
         """``argv`` run on ``host`` (its network, hostname and /etc/hosts)."""
-        return ["env", f"TBDPROF_TESTBED={self.state}", "bash", str(SCRIPT), "exec", host, *argv]
+        return ["bash", str(SCRIPT), "exec", "--state", str(self.state), host, *argv]
 
     def run(self, argv: list[str], host: str = "node0", timeout: float = 300, **kw) -> subprocess.CompletedProcess:
         """Run ``argv`` on ``host`` and wait; output captured as text."""
@@ -80,18 +88,24 @@ def unavailable() -> str | None:
 
 
 def up(n: int, bandwidth: str | None = None, delay: str | None = None, host_env: dict[str, dict[str, str]] | None = None,
-       state: str | os.PathLike | None = None) -> Testbed:
-    """Create ``n`` hosts; ``host_env`` = {host: {VAR: value}} is set in every session on that host."""
+       state: str | os.PathLike | None = None, name: str = DEFAULT_NAME) -> Testbed:
+    """Create ``n`` hosts; ``host_env`` = {host: {VAR: value}} is set in every session on that host.
+
+    ``name`` prefixes the testbed's namespaces: testbeds of different names can be up at once.
+    """
     state = Path(state or tempfile.mkdtemp(prefix="tbdprof-testbed-"))
     env_args = [a for h, env in (host_env or {}).items() for k, v in env.items() for a in ("--host-env", f"{h}:{k}={v}")]
-    _script("up", str(n), *(_shaping(bandwidth, delay) if bandwidth or delay else []), *env_args, state=state)
-    return Testbed(n, state)
+    _script("up", str(n), *(_shaping(bandwidth, delay) if bandwidth or delay else []), *env_args, "--name", name, state=state)
+    return Testbed(n, state, name)
 
 
-def down(tb: Testbed | None = None) -> None:
-    """Remove every testbed host (all of them: also those a crashed run left)."""
-    state = tb.state if tb else Path(tempfile.gettempdir()) / "tbdprof-testbed"
-    _script("down", state=state)
+def down(tb: Testbed | None = None, name: str = DEFAULT_NAME) -> None:
+    """Remove ``tb``'s hosts; without ``tb``, every host of the testbeds named ``name``
+    (also those a crashed run left, whose state folder is gone)."""
+    if tb:
+        _script("down", state=tb.state)
+    else:
+        _script("down", "--name", name, state=Path(tempfile.gettempdir()) / "tbdprof-testbed")
 
 
 @contextlib.contextmanager

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # tbdprof testbed: N emulated hosts on one machine, for real multi-node launches.
 #
-#   testbed.sh up N [--bandwidth RATE] [--delay TIME] [--host-env HOST:VAR=VALUE]... [--state DIR]
+#   testbed.sh up N [--bandwidth RATE] [--delay TIME] [--host-env HOST:VAR=VALUE]... [--name NAME] [--state DIR]
 #   testbed.sh shape [--bandwidth RATE|none] [--delay TIME] [--state DIR]
-#   testbed.sh exec HOST COMMAND...     run COMMAND on HOST (its network, hostname, /etc/hosts)
-#   testbed.sh down [--state DIR]
+#   testbed.sh exec [--state DIR] HOST COMMAND...   run COMMAND on HOST (its network, hostname, /etc/hosts)
+#   testbed.sh down [--state DIR] [--name NAME]
 #   testbed.sh deps                     install what the testbed needs (apt-get)
 #
 # Each host nodeI is a network namespace with an eth0 (198.18.0.(I+1)/24, a veth
@@ -14,10 +14,15 @@
 # host. Inside the hosts, /etc/ssh/ssh_config is a generated file that logs in
 # as root with a throwaway key, so `ssh node1` works there as on a cluster.
 # Launches start on node0 (`testbed.sh exec node0 ...`). Needs root.
+#
+# Several testbeds can be up at once, each with its own --state folder and
+# --name (the prefix of its namespace, veth and bridge names; default tbdp):
+# their hosts are in separate namespaces on separate bridges, so they may
+# reuse host names and addresses. The name is kept in the state folder.
 set -euo pipefail
 
 STATE=${TBDPROF_TESTBED:-/tmp/tbdprof-testbed}
-PREFIX=tbdp          # namespace, veth and bridge names start with this
+PREFIX=tbdp          # namespace, veth and bridge names start with this (--name)
 SUBNET=198.18.0      # 198.18.0.0/15 is reserved for network benchmarks (RFC 2544)
 
 die() { echo "testbed: $*" >&2; exit 2; }
@@ -35,6 +40,15 @@ need_tools() {
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2 \
             || die "could not install ${missing[*]} with apt-get"
     fi
+}
+
+set_name() {  # interface names have at most 15 characters: NAME-v199, NAME-br0
+    [[ "$1" =~ ^[a-z][a-z0-9]{0,7}$ ]] || die "--name must be a lowercase letter and up to 7 more letters or digits (got '$1')"
+    PREFIX=$1
+}
+
+load_state() {  # the testbed's name, from its state folder
+    [ ! -f "$STATE/name" ] || PREFIX=$(cat "$STATE/name")
 }
 
 host_pid() {  # the sshd pid of host $1: entering its namespaces is entering the host
@@ -66,6 +80,7 @@ cmd_up() {
             --bandwidth) rate=$2; shift 2 ;;
             --delay) delay=$2; shift 2 ;;
             --host-env) host_env+=("$2"); shift 2 ;;
+            --name) set_name "$2"; shift 2 ;;
             --state) STATE=$2; shift 2 ;;
             *) [ -z "$n" ] || die "unexpected argument $1"; n=$1; shift ;;
         esac
@@ -73,7 +88,9 @@ cmd_up() {
     [[ "$n" =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "up: N must be 1..200 (got '${n}')"
     need_tools
     [ ! -e "$STATE/hosts" ] || die "a testbed is already up (state: $STATE); run 'testbed.sh down' first"
+    ! ip link show "$PREFIX-br0" >/dev/null 2>&1 || die "a testbed named $PREFIX is already up: give this one another --name and --state"
     mkdir -p "$STATE" && chmod 700 "$STATE" && touch "$STATE/.tbdprof-testbed"
+    echo "$PREFIX" > "$STATE/name"
     trap 'echo "testbed: up failed, tearing down" >&2; cmd_down >/dev/null 2>&1 || true' EXIT
 
     printf '127.0.0.1 localhost\n' > "$STATE/hosts"
@@ -153,11 +170,13 @@ cmd_shape() {
         esac
     done
     [ -f "$STATE/n" ] || die "no testbed is up (state: $STATE)"
+    load_state
     for ((i = 0; i < $(cat "$STATE/n"); i++)); do apply_shaping "node$i" "$rate" "$delay"; done
 }
 
 cmd_exec() {
-    [ $# -ge 2 ] || die "exec: usage: testbed.sh exec HOST COMMAND..."
+    if [ "${1:-}" = --state ]; then STATE=$2; shift 2; fi
+    [ $# -ge 2 ] || die "exec: usage: testbed.sh exec [--state DIR] HOST COMMAND..."
     local pid
     pid=$(host_pid "$1")
     shift
@@ -165,21 +184,26 @@ cmd_exec() {
 }
 
 cmd_down() {
+    local name=""
     while [ $# -gt 0 ]; do
         case $1 in
             --state) STATE=$2; shift 2 ;;
+            --name) name=$2; shift 2 ;;
             *) die "unexpected argument $1" ;;
         esac
     done
     [ "$(id -u)" = 0 ] || die "must run as root"
+    load_state
+    [ -z "$name" ] || set_name "$name"
+    # every host named NAME-node*: also those of a testbed whose state folder was lost
     local ns pids
-    for ns in $(ip netns list 2>/dev/null | awk -v p="^$PREFIX-node" '$1 ~ p {print $1}'); do
+    for ns in $(ip netns list 2>/dev/null | awk -v p="$PREFIX" '$1 ~ ("^" p "-node[0-9]+$") {print $1}'); do
         # every process in the host: sshd, sessions, ranks left by a failed launch
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [ -z "$pids" ] || kill -TERM $pids 2>/dev/null || true
     done
     sleep 0.3
-    for ns in $(ip netns list 2>/dev/null | awk -v p="^$PREFIX-node" '$1 ~ p {print $1}'); do
+    for ns in $(ip netns list 2>/dev/null | awk -v p="$PREFIX" '$1 ~ ("^" p "-node[0-9]+$") {print $1}'); do
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [ -z "$pids" ] || kill -KILL $pids 2>/dev/null || true
         ip netns del "$ns" 2>/dev/null || true

@@ -11,18 +11,33 @@ import pytest
 
 from tbdprof import store
 from tbdprof.analysis.load import open_run
+from tbdprof.launch import testbed
 
 from .cluster import launch
 
 pytestmark = pytest.mark.slow
 
 
-def _pids(host: str) -> list[str]:
-    return subprocess.run(["ip", "netns", "pids", f"tbdp-{host}"], capture_output=True, text=True).stdout.split()
+def _pids(tb, host: str) -> list[str]:
+    return subprocess.run(["ip", "netns", "pids", tb.namespace(host)], capture_output=True, text=True).stdout.split()
+
+
+def test_a_second_testbed_beside_the_first_and_down_removes_only_its_own(hosts2, tmp_path):
+    first = _pids(hosts2, "node1")
+    with testbed.hosts(1, name="tbdq", state=tmp_path / "second") as other:
+        res = other.run(["sh", "-c", "hostname; ip -o -4 addr show dev eth0"], timeout=30)
+        assert res.returncode == 0 and res.stdout.split()[0] == "node0" and "198.18.0.1/24" in res.stdout, res.stderr
+        assert _pids(other, "node0") and hosts2.run(["true"], host="node1", timeout=30).returncode == 0
+        again = subprocess.run(["bash", str(testbed.SCRIPT), "up", "1", "--name", "tbdq", "--state", str(tmp_path / "third")],
+                               capture_output=True, text=True)
+        assert again.returncode == 2 and "a testbed named tbdq is already up" in again.stderr
+    assert not _pids(other, "node0") and not (tmp_path / "second").exists()
+    assert set(first) <= set(_pids(hosts2, "node1"))  # the first testbed's processes are untouched
+    assert hosts2.run(["hostname"], host="node1", timeout=30).stdout.strip() == "node1"
 
 
 def test_unreachable_host_is_named_and_nothing_starts(hosts2, tmp_path):
-    before = _pids("node0")
+    before = _pids(hosts2, "node0")
     argv = [sys.executable, "-m", "tbdprof", "launch", "resnet50", "--launcher", "torchrun",
             "--hosts", "node0:1,198.18.0.99:1", "--out", str(tmp_path), "--run-id", "x"]
     res = hosts2.run(argv, timeout=60)
@@ -30,9 +45,9 @@ def test_unreachable_host_is_named_and_nothing_starts(hosts2, tmp_path):
     assert "host 198.18.0.99 is unreachable over ssh" in res.stderr
     # no run, no ranks left (an ssh session's sshd child may take a moment to exit; a rank would not)
     deadline = time.monotonic() + 10
-    while _pids("node0") != before and time.monotonic() < deadline:
+    while _pids(hosts2, "node0") != before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not (tmp_path / "x").exists() and _pids("node0") == before
+    assert not (tmp_path / "x").exists() and _pids(hosts2, "node0") == before
 
 
 def test_stage_dirs_gathered_into_one_run(hosts2, tmp_path):
