@@ -104,9 +104,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path, link_bytes_per_s: float |
 
 def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: float | None = None, file=None) -> dict:
     """``tbdprof compare``: print the comparison as tables, or as JSON."""
-    from rich.console import Console
-
-    from .terminal import table
+    from .terminal import console, table
 
     result = compare_runs(run_a, run_b, link_bytes_per_s)
     out = file or sys.stdout
@@ -114,7 +112,7 @@ def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: floa
         json.dump(result, out, indent=2, default=str)
         out.write("\n")
         return result
-    con = Console(file=out, width=120, highlight=False)
+    con = console(out)
     for p in result["problems"]:
         con.print("note: " + p, markup=False, style="yellow")
     show = lambda v, unit: "-" if v is None else _FORMAT.get(unit, fmt_num)(v)  # noqa: E731

@@ -81,11 +81,12 @@ _STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def _print(findings: list[Finding], run_dir: Path, out) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.panel import Panel
 
-    con = Console(file=out, width=120, highlight=False)
+    from .terminal import console
+
+    con = console(out)
     con.print(f"[bold]tbdprof diagnose[/bold]  {run_dir.name}")
     if not findings:
         con.print("[green]healthy:[/green] no bottleneck found (input, communication, stragglers, imbalance, CPU, "

@@ -8,7 +8,6 @@ matplotlib's SVG writer.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
@@ -68,11 +67,9 @@ def tables(result: dict, series: dict) -> list[tuple[str, list[str], list[list[s
 
 def print_scaling(result: dict, file=None) -> None:
     """The tables of every series, and the projection's assumptions, with rich."""
-    from rich.console import Console
+    from .terminal import console, table
 
-    from .terminal import table
-
-    con = Console(file=file or sys.stdout, width=160, highlight=False)
+    con = console(file, width=160)
     con.print(f"[bold]tbdprof scaling[/bold]  workload={result['workload'] or '-'} preset={result['preset'] or '-'}  "
               f"{result['scaling']} scaling", markup=True)
     for note in result["problems"]:

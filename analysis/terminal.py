@@ -10,6 +10,23 @@ from tbdprof import schema
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
 
 
+def console(file=None, width: int = 120):
+    """A rich console on ``file`` (stdout): as wide as ``COLUMNS`` says, else as the terminal
+    when ``file`` is one, else ``width`` (stable output in files and pipes)."""
+    import os
+    import shutil
+
+    from rich.console import Console
+
+    file = file or sys.stdout
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) >= 40:
+        width = int(columns)
+    elif getattr(file, "isatty", lambda: False)():
+        width = shutil.get_terminal_size((width, 24)).columns
+    return Console(file=file, width=width, highlight=False)
+
+
 def table(title: str, header: list[str], rows: list[list[str]]):
     """A rich table: first column left-aligned, the others right-aligned."""
     from rich.table import Table
@@ -24,9 +41,7 @@ def table(title: str, header: list[str], rows: list[list[str]]):
 
 def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     """Print the headline figures and one table per analysis."""
-    from rich.console import Console
-
-    con = Console(file=file or sys.stdout, width=120, highlight=False)
+    con = console(file)
     run = summary["run"]
     con.print(f"[bold]tbdprof report[/bold]  {run.get('run_id') or run_dir.name}  "
               f"workload={run.get('workload') or '-'} preset={run.get('preset') or '-'}  "

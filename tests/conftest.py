@@ -4,6 +4,9 @@ import os
 
 import pytest
 
+# The terminal tables follow COLUMNS (analysis/terminal.py); tests read them at the default width.
+os.environ.pop("COLUMNS", None)
+
 
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
