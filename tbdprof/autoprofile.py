@@ -52,12 +52,17 @@ class Facts:
     env: Mapping[str, str]
     pid: int
     mp_child: bool  # multiprocessing.parent_process() is set
+    joined_group: bool = False  # this process (not a parent it was forked from) initialised a process group
+
+
+_joined_pid = -1  # the process that called torch.distributed.init_process_group
 
 
 def facts() -> Facts:
     """The facts of this process."""
     mp = sys.modules.get("multiprocessing.process")
-    return Facts(tuple(sys.argv), os.environ, os.getpid(), mp is not None and mp.parent_process() is not None)
+    pid = os.getpid()
+    return Facts(tuple(sys.argv), os.environ, pid, mp is not None and mp.parent_process() is not None, _joined_pid == pid)
 
 
 def _mp_started(argv: tuple[str, ...]) -> bool:
@@ -87,6 +92,8 @@ class Rule:
 # Ordered; the first rule that matches names the process's role. Only "rank" records.
 RULES: tuple[Rule, ...] = (
     Rule("off", f"not started by tbdprof profile ({ENV_AUTO} unset)", lambda f: f.env.get(ENV_AUTO) != "1"),
+    Rule("rank", "a multiprocessing child that joined a process group (torch.multiprocessing.spawn)",
+         lambda f: f.joined_group and (f.mp_child or _mp_started(f.argv)) and f.env.get(ENV_RANK_PID) is None),
     Rule("worker", "a multiprocessing child (DataLoader worker, pool process)", lambda f: f.mp_child or _mp_started(f.argv)),
     Rule("launcher", "a launcher's agent or driver (torchrun, horovodrun)", lambda f: _is_launcher(f.argv)),
     Rule("helper", "a subprocess of a recording rank", lambda f: f.env.get(ENV_RANK_PID, str(f.pid)) != str(f.pid)),
@@ -308,10 +315,20 @@ _recorder: AutoRecorder | None = None
 
 
 def install() -> AutoRecorder | None:
-    """Install the global hooks in this process if it is a rank (called once torch is imported)."""
+    """Install the global hooks in this process if it is a rank (called once torch is imported).
+
+    ``init_process_group`` is wrapped too: a multiprocessing child becomes a
+    rank by joining a process group (``torch.multiprocessing.spawn``), and a
+    spawned child imports torch before it knows it is a child.
+    """
     global _recorder
-    if _recorder is not None or classify(facts()).role != "rank":
+    if _recorder is not None:
         return _recorder
+    f = facts()
+    if f.env.get(ENV_AUTO) == "1" and f.env.get(ENV_RANK_PID) is None:
+        _install_on_join()
+    if classify(f).role != "rank":
+        return None
     rec = AutoRecorder()
     try:
         rec.install()
@@ -320,6 +337,30 @@ def install() -> AutoRecorder | None:
         return None
     _recorder = rec
     return rec
+
+
+def _install_on_join() -> None:
+    """Wrap ``torch.distributed.init_process_group``: a process that joins a group reconsiders its role."""
+    import torch.distributed as dist
+
+    join = getattr(dist, "init_process_group", None)
+    if join is None or getattr(join, "_tbdprof", False):
+        return
+
+    @functools.wraps(join)
+    def init_process_group(*args, **kwargs):
+        result = join(*args, **kwargs)
+        global _joined_pid
+        try:
+            _joined_pid = os.getpid()
+            install()
+        except Exception as e:  # noqa: BLE001 - profiling must never break the training
+            _ensure_log_handler()
+            log.warning("tbdprof: no automatic profiling of this rank (%s: %s)", e.__class__.__name__, e)
+        return result
+
+    init_process_group._tbdprof = True
+    dist.init_process_group = init_process_group
 
 
 def yield_to(prof) -> None:

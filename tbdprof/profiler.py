@@ -196,6 +196,10 @@ class Profiler:
         if self._started or not self.enabled:
             return self
         _ensure_log_handler()
+        dist = _dist()
+        if self.info.launcher == "none" and dist is not None and dist.get_world_size() > 1:
+            group = None if dist.get_backend() == "gloo" else self._gloo_group(dist)
+            self.info = ranks.from_process_group(dist, group)
         self.run_dir = self._resolve_run_dir()
         self.run_id = self.run_dir.name
         self.rank_dir = store.rank_dir(self.run_dir, self.info.host, self.info.rank)

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Mapping
 
 
+PROCESS_GROUP = "torch.distributed"  # the launcher name of ranks known only from their process group
+
+
 class LaunchEnvError(ValueError):
     """The launcher environment is inconsistent (one half of a pair is set)."""
 
@@ -109,3 +112,15 @@ def _local_world(raw: str) -> int:
         return max(1, int(digits))
     except ValueError:
         return 1
+
+
+def from_process_group(dist, group=None) -> RankInfo:
+    """This process's place from an initialised ``torch.distributed`` process group, for ranks
+    no launcher variable describes (``torch.multiprocessing.spawn``, an explicit
+    ``init_process_group(rank=..., world_size=...)``). Collective: every rank of ``group``
+    (default: the world) must call it; the local rank comes from the hosts' names."""
+    host, pid = socket.gethostname(), os.getpid()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    hosts: list = [None] * world
+    dist.all_gather_object(hosts, host, group=group)
+    return RankInfo(rank, world, hosts[:rank].count(host), hosts.count(host), PROCESS_GROUP, host, pid, None)

@@ -83,6 +83,16 @@ def test_torchrun_ddp(tmp_path):
     check_trained(proc, run_dir, 2, "torchrun", comm=True)
 
 
+def test_torch_multiprocessing_spawn_ranks(tmp_path):
+    proc, run_dir = profile(tmp_path, sys.executable, SCRIPTS / "train_spawn.py", "--steps", "6",
+                            "--init", f"file://{tmp_path}/pg")
+    check_trained(proc, run_dir, 2, "torch.distributed", comm=True)
+    # the spawning parent and the ranks' DataLoader workers are not ranks
+    assert sorted(p.name for p in run_dir.glob("host=*/rank=*")) == ["rank=0", "rank=1"]
+    metas = [json.loads(p.read_text()) for p in sorted(run_dir.glob("host=*/rank=*/rank.json"))]
+    assert [(m["rank"], m["world_size"], m["local_rank"], m["local_world_size"]) for m in metas] == [(0, 2, 0, 2), (1, 2, 1, 2)]
+
+
 @pytest.mark.skipif(shutil.which("mpirun", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}") is None, reason="no mpirun on PATH")
 def test_mpirun_ddp(tmp_path):
     mpirun = shutil.which("mpirun", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")

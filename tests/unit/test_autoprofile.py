@@ -14,30 +14,34 @@ from tbdprof.launch import profile
 ON = {ENV_AUTO: "1"}
 
 
-def role(argv=("train.py",), env=ON, pid=100, mp_child=False) -> str:
-    return classify(Facts(tuple(argv), env, pid, mp_child)).role
+def role(argv=("train.py",), env=ON, pid=100, mp_child=False, joined=False) -> str:
+    return classify(Facts(tuple(argv), env, pid, mp_child, joined)).role
 
 
-@pytest.mark.parametrize("argv, env, pid, mp_child, expected", [
-    (("train.py",), {}, 100, False, "off"),
-    (("train.py",), ON, 100, False, "rank"),
-    (("train.py",), ON, 100, True, "worker"),  # DataLoader worker, forked
-    (("-c", "from multiprocessing.spawn import spawn_main", "--multiprocessing-fork"), ON, 100, False, "worker"),
-    (("/venv/bin/torchrun", "--nproc-per-node", "2", "train.py"), ON, 100, False, "launcher"),
-    (("-m", "torch.distributed.run", "train.py"), ON, 100, False, "launcher"),
-    (("/venv/lib/torch/distributed/run.py", "train.py"), ON, 100, False, "launcher"),
-    (("/venv/bin/horovodrun", "-np", "2", "python", "train.py"), ON, 100, False, "launcher"),
-    (("my_torchrun_notes.py",), ON, 100, False, "rank"),
-    (("train.py",), {**ON, ENV_RANK_PID: "99"}, 100, False, "helper"),  # started by rank pid 99
-    (("train.py",), {**ON, ENV_RANK_PID: "100"}, 100, False, "rank"),  # the rank itself (after exec)
+@pytest.mark.parametrize("argv, env, pid, mp_child, joined, expected", [
+    (("train.py",), {}, 100, False, False, "off"),
+    (("train.py",), ON, 100, False, False, "rank"),
+    (("train.py",), ON, 100, True, False, "worker"),  # DataLoader worker, forked
+    (("-c", "from multiprocessing.spawn import spawn_main", "--multiprocessing-fork"), ON, 100, False, False, "worker"),
+    (("/venv/bin/torchrun", "--nproc-per-node", "2", "train.py"), ON, 100, False, False, "launcher"),
+    (("-m", "torch.distributed.run", "train.py"), ON, 100, False, False, "launcher"),
+    (("/venv/lib/torch/distributed/run.py", "train.py"), ON, 100, False, False, "launcher"),
+    (("/venv/bin/horovodrun", "-np", "2", "python", "train.py"), ON, 100, False, False, "launcher"),
+    (("my_torchrun_notes.py",), ON, 100, False, False, "rank"),
+    (("train.py",), {**ON, ENV_RANK_PID: "99"}, 100, False, False, "helper"),  # started by rank pid 99
+    (("train.py",), {**ON, ENV_RANK_PID: "100"}, 100, False, False, "rank"),  # the rank itself (after exec)
+    (("train.py",), ON, 100, True, True, "rank"),  # torch.multiprocessing.spawn child that joined a group
+    (("train.py",), ON, 100, False, True, "rank"),  # a launcher's rank that joined a group
+    (("train.py",), {}, 100, True, True, "off"),
+    (("train.py",), {**ON, ENV_RANK_PID: "99"}, 100, True, True, "worker"),  # a recording rank's pool child
 ])
-def test_rule_table(argv, env, pid, mp_child, expected):
-    assert role(argv, env, pid, mp_child) == expected
+def test_rule_table(argv, env, pid, mp_child, joined, expected):
+    assert role(argv, env, pid, mp_child, joined) == expected
 
 
 def test_rules_end_with_a_catch_all_rank():
     assert autoprofile.RULES[-1].role == "rank"
-    assert [r.role for r in autoprofile.RULES].count("rank") == 1
+    assert all(r.role != "rank" or r.why.startswith("a multiprocessing child that joined") for r in autoprofile.RULES[:-1])
 
 
 def test_a_failing_hook_turns_itself_off_and_never_raises():
