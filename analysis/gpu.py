@@ -20,6 +20,7 @@ Averages are over the steady-state window, like :mod:`.utilization`.
 
 from __future__ import annotations
 
+from .fmt import fmt_bytes, fmt_num, fmt_pct
 from .load import Run
 from .timeline import counter_rates, gauge_stats
 
@@ -112,3 +113,26 @@ def _gpu_figures(run: Run) -> dict:
         fig = _rank_figures(gauges.get(key, {}), counters.get(key, {}))
         per_rank[key] = {"host": hosts[key], "devices": sorted(devices[key])} | fig
     return {"per_rank": per_rank, "gpu_recorded": bool(per_rank), "unavailable": WHY_UNAVAILABLE}
+
+
+GPU_TABLE_HEADER = ["rank", "GPU util", "SM occupancy", "tensor util", "FP32 util", "DRAM BW util", "memory max",
+                    "allocator reserved", "fragmentation", "power avg", "energy"]
+
+
+def gpu_table_rows(figures: dict, unavailable: str = UNAVAILABLE) -> list[list[str]]:
+    """One row per rank of :func:`gpu_figures` for the terminal and HTML tables (``GPU_TABLE_HEADER``);
+    a figure the rank did not record is shown as ``unavailable``."""
+
+    def pct(v) -> str:
+        return unavailable if isinstance(v, str) else fmt_num(v) + "%"
+
+    rows = []
+    for rank, f in figures["per_rank"].items():
+        mem, power = f["memory"], f["power"]
+        used, total = mem["device_used_bytes_max"], mem["device_total_bytes"]
+        rows.append([rank, pct(f["gpu_compute_util_pct"]), pct(f["sm_occupancy_pct"]), pct(f["tensor_util_pct"]),
+                     pct(f["fp32_util_pct"]), pct(f["dram_bw_util_pct"]),
+                     fmt_bytes(used) + (f" of {fmt_bytes(total)}" if total else ""), fmt_bytes(mem["reserved_bytes_max"]),
+                     fmt_pct(mem["fragmentation"]), "-" if power["avg_w"] is None else fmt_num(power["avg_w"]) + " W",
+                     "-" if power["energy_j"] is None else fmt_num(power["energy_j"] / 1e3, 2) + " kJ"])
+    return rows

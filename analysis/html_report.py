@@ -14,6 +14,7 @@ from tbdprof import schema
 
 from . import plots
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
+from .gpu import GPU_TABLE_HEADER, gpu_table_rows
 from .load import Run
 from .steps import step_series
 from .timeline import metric_series, span_series
@@ -113,10 +114,14 @@ def _utilization(run: Run, summary: dict) -> list[str]:
     if not util["gpu_recorded"]:
         out.append('<p class="note">GPU: not recorded in this run (no NVML device). FP32 utilization: unavailable.</p>')
         return out
-    out.append(_table(["GPU", "rank", "compute util avg", "memory used max", "power avg", "FP32 util"], [
-        [g, u["rank"], fmt_num(u.get("util_pct", {}).get("avg")) + "%", fmt_bytes(u.get("mem_used_bytes", {}).get("max")),
-         fmt_num(u.get("power_w", {}).get("avg")) + " W", u["fp32_util"]] for g, u in util["gpus"].items()]))
+    figures = summary["gpu"]
+    out.append(_table(GPU_TABLE_HEADER, gpu_table_rows(figures)))
+    out.append('<p class="note">GPU util: NVML, the share of time a kernel ran. SM occupancy, tensor, FP32 and DRAM '
+               'bandwidth: NVML GPM counters (Hopper and newer); "unavailable" where the rank recorded none, never estimated. '
+               'Fragmentation: free bytes in the caching allocator\'s split blocks over its reserved bytes.</p>')
     out.append(_timeline(run, "gpu.util_pct", "GPU compute utilization", "%"))
+    if any(isinstance(f["tensor_util_pct"], float) for f in figures["per_rank"].values()):
+        out.append(_timeline(run, "gpu.tensor_util_pct", "tensor-core utilization (GPM)", "%"))
     out.append(_timeline(run, "gpu.power_w", "GPU power", "W"))
     return out
 

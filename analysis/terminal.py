@@ -8,6 +8,7 @@ from pathlib import Path
 from tbdprof import schema
 
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
+from .gpu import GPU_TABLE_HEADER, gpu_table_rows
 
 
 def console(file=None, width: int = 120):
@@ -78,6 +79,9 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
              for h, u in util["per_host"].items()]
     rows += [[f"gpu {g}", fmt_num(u.get("util_pct", {}).get("avg"), 0) + "%", "", "", ""] for g, u in util["gpus"].items()]
     con.print(table("utilization (steady-state average)", ["who", "CPU / GPU", "cores", "read (syscalls)", "data wait"], rows))
+    if summary["gpu"]["gpu_recorded"]:
+        con.print(table("GPU per rank (steady-state average; n/a: no GPM counters, which need Hopper or newer)",
+                        GPU_TABLE_HEADER, gpu_table_rows(summary["gpu"], unavailable="n/a")))
     net = summary["network"]
     rows = [[f"{h} {nic}", fmt_rate(v.get("sent_bytes_per_s")), fmt_rate(v.get("recv_bytes_per_s")),
              fmt_bytes(v.get("sent_bytes_per_step")), fmt_bytes(v.get("bytes_sent"))]
