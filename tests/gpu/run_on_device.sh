@@ -28,12 +28,16 @@ mkdir -p "$out"
 
 py="$venv/bin/python"
 if "$base" -c 'import torch' 2>/dev/null; then
-    "$base" -m venv --clear --without-pip "$venv"  # pip, setuptools and the rest come from $base
-    "$base" - >"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_tbdprof_base.pth" <<'PY'
+    if "$base" -m venv --clear --without-pip "$venv"; then  # pip, setuptools and the rest come from $base
+        "$base" - >"$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_tbdprof_base.pth" <<'PY'
 import site
 dirs = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
 print("import site; " + "; ".join(f"site.addsitedir({d!r})" for d in dirs))
 PY
+    else
+        echo "no virtualenv here: installing tbdprof into $base's environment" >&2
+        py=$(command -v "$base")
+    fi
     pip_deps=(--no-deps --no-build-isolation)
 else
     "$base" -m venv --clear "$venv"
