@@ -57,7 +57,7 @@ def _spec(args, hosts, run_dir, command):
     return Spec(
         hosts, command, run_dir, free_port(), env, iface=args.iface, hostfile=bool(args.hostfile),
         horovod_mode=args.horovod_mode, slurm_mode=args.slurm_mode, slurm_time=args.slurm_time,
-        slurm_partition=args.slurm_partition,
+        slurm_partition=args.slurm_partition, slurm_wait=args.wait,
     )
 
 
@@ -69,7 +69,7 @@ def _launch(args, launcher, spec, meta, announce: str = "") -> int:
     if args.dry_run:
         print_plan(launcher, spec)
         return 0
-    write_only = launcher.name == "slurm" and not getattr(args, "submit", False)
+    write_only = launcher.name == "slurm" and not (getattr(args, "submit", False) or args.wait)
     plan = launcher.plan(spec) if write_only else preflight(launcher, spec)
     new_run_dir(spec.run_dir.parent, spec.run_dir.name, "")
     if write_only:
@@ -96,7 +96,7 @@ def cmd_launch(args) -> int:
     meta = {"workload": wl.name, "preset": args.preset, "profiled": not args.no_profile}
     announce = f"tbdprof: launch {run_dir} ({spec.nproc} ranks on {', '.join(map(str, hosts))}, {launcher.name})"
     code = _launch(args, launcher, spec, meta, announce)
-    if code == 0 and not (args.dry_run or args.no_profile or args.no_report or args.launcher == "slurm"):
+    if code == 0 and not (args.dry_run or args.no_profile or args.no_report or (args.launcher == "slurm" and not args.wait)):
         args.then_report = run_dir
     return code
 
@@ -183,6 +183,8 @@ def _add_launch_options(p, sweep: bool) -> None:
                    help="SLURM: srun one task per rank, or one torchrun per node")
     p.add_argument("--slurm-time", default="00:30:00", help="SLURM time limit")
     p.add_argument("--slurm-partition", default=None, help="SLURM partition")
+    p.add_argument("--wait", action="store_true",
+                   help="SLURM: submit with sbatch --wait and wait for the job (a sweep's jobs run one after another)")
     p.add_argument("--dry-run", action="store_true", help="print the command lines (and files) instead of running")
     p.add_argument("--out", default="runs", help="folder for runs (default ./runs)")
     p.add_argument("--run-id", default=None, help="run (or sweep) folder name")

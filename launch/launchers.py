@@ -37,6 +37,7 @@ class Spec:
     slurm_mode: str = "srun"
     slurm_time: str = "00:30:00"
     slurm_partition: str | None = None
+    slurm_wait: bool = False  # sbatch --wait: the launch ends with the job
 
     @property
     def nproc(self) -> int:
@@ -222,7 +223,8 @@ class Slurm(Launcher):
 
     def plan(self, spec: Spec) -> Plan:
         script = spec.run_dir / "job.sbatch"
-        return Plan(self.name, [Proc([self.tool_path(), str(script)])], {script: self.render(spec)}, waits=False)
+        wait = ["--wait"] if spec.slurm_wait else []
+        return Plan(self.name, [Proc([self.tool_path(), *wait, str(script)])], {script: self.render(spec)}, waits=spec.slurm_wait)
 
 
 def slurm_hosts(nnodes: int, per_node: int) -> list[Host]:

@@ -6,6 +6,7 @@ from tbdprof.launch import testbed
 with testbed.hosts(2, bandwidth="100mbit") as tb:     # node0, node1
     tb.run(["tbdprof", "launch", "resnet50", "--hosts", "node0:2,node1:2", ...])
     tb.shape(bandwidth="20mbit")                      # slow the links down
+    env = tb.slurm()                                  # a SLURM cluster on the hosts: {"SLURM_CONF": ...}
 ```
 
 Launches start inside node0 (:meth:`Testbed.run`), as they would on a
@@ -58,6 +59,14 @@ class Testbed:
     def shape(self, bandwidth: str | None = None, delay: str | None = None) -> None:
         """Change every host's outgoing link: ``bandwidth`` like ``"20mbit"`` (None: unshaped)."""
         _script("shape", *_shaping(bandwidth, delay), state=self.state)
+
+    def slurm(self) -> dict[str, str]:
+        """Start SLURM on the hosts (slurmctld on node0, slurmd on each; installed with apt-get when
+        missing); returns the environment its clients (sbatch, srun) need."""
+        res = subprocess.run(["bash", str(SCRIPT), "slurm", "--state", str(self.state)], capture_output=True, text=True)
+        if res.returncode:
+            raise TestbedError((res.stderr.strip().splitlines() or ["testbed.sh slurm failed"])[-1])
+        return dict(line.split("=", 1) for line in res.stdout.splitlines() if line.startswith("SLURM_CONF="))
 
     def command(self, host: str, argv: list[str]) -> list[str]:
         """``argv`` run on ``host`` (its network, hostname and /etc/hosts)."""

@@ -4,6 +4,7 @@
 #   testbed.sh up N [--bandwidth RATE] [--delay TIME] [--host-env HOST:VAR=VALUE]... [--name NAME] [--state DIR]
 #   testbed.sh shape [--bandwidth RATE|none] [--delay TIME] [--state DIR]
 #   testbed.sh exec [--state DIR] HOST COMMAND...   run COMMAND on HOST (its network, hostname, /etc/hosts)
+#   testbed.sh slurm [--state DIR]      start SLURM on the hosts; prints SLURM_CONF=... for its clients
 #   testbed.sh down [--state DIR] [--name NAME]
 #   testbed.sh deps                     install what the testbed needs (apt-get)
 #
@@ -174,6 +175,89 @@ cmd_shape() {
     for ((i = 0; i < $(cat "$STATE/n"); i++)); do apply_shaping "node$i" "$rate" "$delay"; done
 }
 
+need_slurm() {
+    command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v srun >/dev/null \
+        && command -v munged >/dev/null && return 0
+    echo "testbed: installing SLURM (slurmctld slurmd slurm-client munge)" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge) >&2 \
+        || die "could not install SLURM with apt-get"
+}
+
+cmd_slurm() {  # munged and slurmctld on node0, slurmd on every host; clients need SLURM_CONF
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --state) STATE=$2; shift 2 ;;
+            *) die "unexpected argument $1" ;;
+        esac
+    done
+    [ -f "$STATE/n" ] || die "no testbed is up (state: $STATE)"
+    need_slurm
+    local n d=$STATE/slurm cpus pid0 idle=0
+    n=$(cat "$STATE/n")
+    cpus=$(nproc)
+    [ ! -e "$d" ] || die "SLURM is already running on this testbed ($d)"
+    mkdir -p "$d/ctld"
+    # munge: a fresh key and its own socket, reached by every host through the filesystem
+    dd if=/dev/urandom of="$d/munge.key" bs=1024 count=1 status=none
+    chmod 400 "$d/munge.key"
+    {
+        cat <<EOF
+ClusterName=tbdprof
+SlurmctldHost=node0($SUBNET.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket=$d/munge.socket
+CredType=cred/munge
+StateSaveLocation=$d/ctld
+SlurmdSpoolDir=$d/spool-%n
+SlurmctldPidFile=$d/slurmctld.pid
+SlurmdPidFile=$d/slurmd-%n.pid
+SlurmctldLogFile=$d/slurmctld.log
+SlurmdLogFile=$d/slurmd-%n.log
+SlurmdParameters=config_overrides
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+MpiDefault=none
+ReturnToService=2
+KillWait=5
+EOF
+        for ((i = 0; i < n; i++)); do echo "NodeName=node$i NodeAddr=$SUBNET.$((i + 1)) CPUs=$cpus State=UNKNOWN"; done
+        echo "PartitionName=testbed Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE"
+    } > "$d/slurm.conf"
+    # slurmd needs cgroup v1 hierarchies; the hosts' own /sys (ip netns exec's sysfs) has none
+    printf 'CgroupPlugin=cgroup/v1\nCgroupAutomount=yes\n' > "$d/cgroup.conf"
+    for ((i = 0; i < n; i++)); do
+        nsenter --target "$(host_pid "node$i")" --mount -- sh -c 'mountpoint -q /sys/fs/cgroup || {
+            mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup && for c in freezer cpuset memory devices cpu cpuacct; do
+                mkdir -p /sys/fs/cgroup/$c && mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c; done; }' \
+            || die "cannot mount cgroup hierarchies on node$i"
+    done
+    pid0=$(host_pid node0)
+    nsenter --target "$pid0" --net --uts --mount -- munged --force --key-file="$d/munge.key" --socket="$d/munge.socket" \
+        --pid-file="$d/munged.pid" --log-file="$d/munged.log" --seed-file="$d/munged.seed" \
+        || die "munged did not start: $(tail -n 3 "$d/munged.log" 2>/dev/null)"
+    nsenter --target "$pid0" --net --uts --mount -- slurmctld -i -f "$d/slurm.conf" \
+        || die "slurmctld did not start: $(tail -n 3 "$d/slurmctld.log" 2>/dev/null)"
+    for ((i = 0; i < n; i++)); do
+        nsenter --target "$(host_pid "node$i")" --net --uts --mount -- slurmd -N "node$i" -f "$d/slurm.conf" \
+            || die "slurmd on node$i did not start: $(tail -n 3 "$d/slurmd-node$i.log" 2>/dev/null)"
+    done
+    for _ in $(seq 150); do
+        idle=$(nsenter --target "$pid0" --net --uts --mount -- env SLURM_CONF="$d/slurm.conf" \
+            sinfo -h -N -t idle -o %N 2>/dev/null | sort -u | wc -l)
+        [ "$idle" -ge "$n" ] && break
+        sleep 0.2
+    done
+    [ "$idle" -ge "$n" ] || die "SLURM nodes did not come up idle: $(tail -n 3 "$d/slurmctld.log")"
+    echo "testbed: SLURM up ($n nodes, partition testbed)" >&2
+    echo "SLURM_CONF=$d/slurm.conf"
+}
+
 cmd_exec() {
     if [ "${1:-}" = --state ]; then STATE=$2; shift 2; fi
     [ $# -ge 2 ] || die "exec: usage: testbed.sh exec [--state DIR] HOST COMMAND..."
@@ -215,7 +299,7 @@ cmd_down() {
 }
 
 case ${1:-} in
-    up | shape | exec | down) c=$1; shift; "cmd_$c" "$@" ;;
+    up | shape | exec | slurm | down) c=$1; shift; "cmd_$c" "$@" ;;
     deps) need_tools ;;
-    *) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+    *) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

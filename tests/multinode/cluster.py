@@ -12,12 +12,13 @@ from tbdprof.launch import testbed
 SKEW_NS = 5_000_000
 
 
-def launch(tb: testbed.Testbed, out: Path, run_id: str, launcher: str, hosts: str, *extra: str) -> Path:
-    """``tbdprof launch`` started on node0; fails the test with the job's output on error."""
+def launch(tb: testbed.Testbed, out: Path, run_id: str, launcher: str, hosts: str, *extra: str,
+           env: dict[str, str] | None = None) -> Path:
+    """``tbdprof launch`` started on node0 (with ``env`` added); fails the test with the job's output on error."""
     argv = [
         sys.executable, "-m", "tbdprof", "launch", "resnet50", "--launcher", launcher, "--hosts", hosts,
         "--iface", "eth0", "--out", str(out), "--run-id", run_id, "--no-report", *extra,
     ]
-    res = tb.run(argv, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=240)
+    res = tb.run(argv, env=os.environ | {"OMP_NUM_THREADS": "1"} | (env or {}), timeout=240)
     assert res.returncode == 0, f"launch failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     return out / run_id

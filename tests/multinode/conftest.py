@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tbdprof.launch import testbed
@@ -14,7 +16,9 @@ def hosts2():
     why = testbed.unavailable()
     if why:
         pytest.skip(why)
-    testbed.down()  # hosts a killed earlier session may have left
-    with testbed.hosts(2, host_env={"node1": {"TBDPROF_TEST_CLOCK_SKEW_NS": str(SKEW_NS)}}) as tb:
+    # TBDPROF_TESTBED_NAME lets two test sessions run side by side (each with its own testbed)
+    name = os.environ.get("TBDPROF_TESTBED_NAME", testbed.DEFAULT_NAME)
+    testbed.down(name=name)  # hosts a killed earlier session may have left
+    with testbed.hosts(2, name=name, host_env={"node1": {"TBDPROF_TEST_CLOCK_SKEW_NS": str(SKEW_NS)}}) as tb:
         yield tb
 

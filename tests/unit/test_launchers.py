@@ -94,6 +94,11 @@ def test_slurm_srun_script():
     assert plan.procs[0].argv[-1] == "/runs/r1/job.sbatch" and not plan.waits
 
 
+def test_slurm_wait_blocks_on_the_job():
+    plan = launchers.get("slurm").plan(spec("n1:1,n2:1", slurm_wait=True))
+    assert plan.procs[0].argv[1:] == ["--wait", "/runs/r1/job.sbatch"] and plan.waits
+
+
 def test_slurm_torchrun_script_keeps_shell_variables():
     (script,) = launchers.get("slurm").plan(spec("n1:2,n2:2", slurm_mode="torchrun")).files.values()
     assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --nodelist=n1,n2" in script

@@ -1,7 +1,8 @@
 """A plain PyTorch training script, written as a user would: it knows nothing of tbdprof.
 
-Runs alone, under torchrun (DDP over gloo) or under mpirun (ranks from Open
-MPI's variables; MASTER_PORT comes from the environment). Prints its step count.
+Runs alone, under torchrun (DDP over gloo), under mpirun (ranks from Open
+MPI's variables) or under srun (SLURM's); MASTER_ADDR (default 127.0.0.1) and
+MASTER_PORT come from the environment. Prints its step count.
 """
 
 import argparse
@@ -17,8 +18,8 @@ parser.add_argument("--steps", type=int, default=6)
 parser.add_argument("--workers", type=int, default=0)
 args = parser.parse_args()
 
-rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
-world = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
+rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("SLURM_PROCID", 0))))
+world = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1))))
 torch.manual_seed(rank)
 model = torch.nn.Sequential(torch.nn.Linear(32, 256), torch.nn.ReLU(), torch.nn.Linear(256, 4))
 if world > 1:
