@@ -41,7 +41,7 @@ def cmd_scaling(args) -> int:
     from .scaling import scaling_command
 
     return scaling_command(args.paths, out=args.out, json_out=args.json, plots=args.plots, force=args.force,
-                           link_bytes_per_s=args.link_bandwidth, latency_s=args.link_latency_us / 1e6,
+                           link_bytes_per_s=args.link_bandwidth, latency_s=None if args.link_latency_us is None else args.link_latency_us / 1e6,
                            fit=args.fit, sizes=args.project)
 
 
@@ -106,7 +106,8 @@ def add_parsers(sub) -> None:
     s.add_argument("--force", action="store_true", help="compare runs of different workloads or batch settings")
     s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW",
                    help="the network link's capacity (default: measured from the runs' allreduce calls)")
-    s.add_argument("--link-latency-us", type=float, default=0.0, metavar="US", help="latency per ring hop (default 0)")
+    s.add_argument("--link-latency-us", type=float, default=None, metavar="US",
+                   help="latency per ring hop (default: measured by each run's clock alignment, else 0)")
     s.add_argument("--fit", type=_sizes, default=None, metavar="1,2", help="sizes the projection is fitted on (default: all)")
     s.add_argument("--project", type=_sizes, default=None, metavar="8,16", help="sizes to project (default: 2x and 4x the largest)")
     s.add_argument("--plots", default="png", choices=["png", "svg", "none"], help="plot files to write (default png)")

@@ -116,9 +116,23 @@ def run_figures(run: Run, repeat: int | None = None) -> dict:
         "busy_s": busy, "transfer_s": max(0.0, busy - split["sync_wait"]) if busy is not None else None,
         "grad_bytes": network.gradient_bytes_per_step(run) if n > 1 else None, "best_busbw": network.best_call_busbw(run),
     }
+    fig["latency_s"] = hop_latency(run)
     if rate is None or not split["rank_steps"]:
         raise RunError(f"{run.path}: no steady-state steps")
     return fig
+
+
+def hop_latency(run: Run) -> dict[str, float | None]:
+    """One-way small-message latency per fabric, from the clock alignment at the start of the run:
+    each rank's best ping-pong with rank 0 (half the round trip, the estimate's uncertainty). The
+    slowest rank on rank 0's host gives ``local``, the slowest on another host ``network``."""
+    host0 = run.ranks[min(run.ranks)].get("host")
+    found: dict[str, list[float]] = {"local": [], "network": []}
+    for rank, meta in run.ranks.items():
+        est = ((meta.get("clock") or {}).get("start") or {})
+        if rank != min(run.ranks) and est.get("uncertainty_ns"):
+            found["local" if meta.get("host") == host0 else "network"].append(est["uncertainty_ns"] / 1e9)
+    return {fabric: max(v) if v else None for fabric, v in found.items()}
 
 
 # ---------------------------------------------------------------- collecting the runs
@@ -241,6 +255,7 @@ def config_figures(runs: list[dict]) -> dict:
         "split_s_per_step": {c: spread([r["split_s"][c] for r in runs]) for c in CAUSES},
         "split_s_per_sample": per_sample,
         "comm": {k: spread([r["comm"][k] for r in runs])["median"] for k in ("busy_s", "transfer_s", "grad_bytes", "best_busbw")},
+        "latency_s": {f: spread([r["latency_s"][f] for r in runs])["median"] for f in ("local", "network")},
     }
 
 
@@ -271,12 +286,14 @@ def attribute(cfg: dict, base: dict) -> dict:
 
 # ---------------------------------------------------------------- communication model
 
-def link_rates(configs: list[dict], link_bytes_per_s: float | None) -> dict:
-    """Per fabric (``network``: >1 host; ``local``: ranks of one host): the rate the ring bound uses.
+def link_rates(configs: list[dict], link_bytes_per_s: float | None, latency_s: float | None = None) -> dict:
+    """Per fabric (``network``: >1 host; ``local``: ranks of one host): the rate and hop latency the ring bound uses.
 
-    ``--link-bandwidth`` sets the network's (a wire rate: headers are added);
-    otherwise the best single-call bus bandwidth measured on that fabric (a
-    payload rate).
+    ``--link-bandwidth`` sets the network's rate (a wire rate: headers are
+    added); otherwise the best single-call bus bandwidth measured on that
+    fabric (a payload rate). ``--link-latency-us`` sets the latency of every
+    fabric; otherwise the median over the configurations of the runs' measured
+    hop latency on it (:func:`hop_latency`), else 0.
     """
     out = {}
     for fabric in ("network", "local"):
@@ -285,6 +302,15 @@ def link_rates(configs: list[dict], link_bytes_per_s: float | None) -> dict:
             out[fabric] = {"bytes_per_s": link_bytes_per_s, "source": "given", "overhead": network.PROTOCOL_OVERHEAD}
         elif best:
             out[fabric] = {"bytes_per_s": max(best), "source": "measured (best call busbw)", "overhead": 0.0}
+        else:
+            continue
+        measured = [c["latency_s"][fabric] for c in configs if c["latency_s"][fabric] is not None]
+        if latency_s is not None:
+            out[fabric] |= {"latency_s": latency_s, "latency_source": "given"}
+        elif measured:
+            out[fabric] |= {"latency_s": median(measured), "latency_source": "measured (clock-alignment ping-pong)"}
+        else:
+            out[fabric] |= {"latency_s": 0.0, "latency_source": "not measured"}
     return out
 
 
@@ -292,14 +318,19 @@ def _fabric(cfg: dict) -> str | None:
     return None if cfg["nproc"] < 2 else "network" if cfg["hosts"] > 1 else "local"
 
 
-def comm_model(cfg: dict, rates: dict, latency_s: float) -> dict:
+def _bound(grad: float, n: int, link: dict) -> float:
+    return network.ring_allreduce_seconds(grad, n, link["bytes_per_s"], link["latency_s"], link["overhead"])
+
+
+def comm_model(cfg: dict, rates: dict) -> dict:
     """Measured allreduce time per step against the ring lower bound for ``cfg``."""
     fabric, grad = _fabric(cfg), cfg["comm"]["grad_bytes"]
     link = rates.get(fabric) if fabric else None
-    bound = network.ring_allreduce_seconds(grad, cfg["nproc"], link["bytes_per_s"], latency_s, link["overhead"]) if link and grad else None
+    bound = _bound(grad, cfg["nproc"], link) if link and grad else None
     measured = cfg["comm"]["transfer_s"]
     return {"fabric": fabric, "grad_bytes": grad, "ring_bytes": network.ring_allreduce_bytes(grad, cfg["nproc"]) if grad else None,
-            "link_bytes_per_s": link["bytes_per_s"] if link else None, "bound_s": bound,
+            "link_bytes_per_s": link["bytes_per_s"] if link else None, "latency_s": link["latency_s"] if link else None,
+            "bound_s": bound,
             "busy_s": cfg["comm"]["busy_s"], "transfer_s": measured,
             "ratio": measured / bound if bound and measured is not None else None}
 
@@ -307,7 +338,7 @@ def comm_model(cfg: dict, rates: dict, latency_s: float) -> dict:
 # ---------------------------------------------------------------- projection
 
 def project(configs: list[dict], fit: list[int], sizes: list[int], scaling: str, link_bytes_per_s: float | None,
-            latency_s: float, base: dict) -> dict:
+            latency_s: float | None, base: dict) -> dict:
     """Expected throughput at ``sizes`` from the largest fitted configuration and the ring model.
 
     Kept from the fit: compute and data wait per step (scaled with the
@@ -324,9 +355,9 @@ def project(configs: list[dict], fit: list[int], sizes: list[int], scaling: str,
         return {"fit": fit, "assumptions": [f"no projection: no measured configuration of sizes {fit}"], "sizes": []}
     b = max(fitted, key=lambda c: (c["nproc"], c["hosts"]))
     per_host = math.ceil(b["nproc"] / b["hosts"])
-    rates = link_rates(fitted, link_bytes_per_s)
+    rates = link_rates(fitted, link_bytes_per_s, latency_s)
     split = {c: b["split_s_per_step"][c]["median"] for c in CAUSES}
-    fit_model = comm_model(b, rates, latency_s)
+    fit_model = comm_model(b, rates)
     hidden = max(0.0, (fit_model["transfer_s"] or 0.0) - split["comm_exposed"]) if b["nproc"] > 1 else 0.0
     grad = next((c["comm"]["grad_bytes"] for c in sorted(fitted, key=lambda c: -c["nproc"]) if c["comm"]["grad_bytes"]), None)
     assumptions = [
@@ -335,8 +366,9 @@ def project(configs: list[dict], fit: list[int], sizes: list[int], scaling: str,
         ("compute and data wait per step scale with the per-rank batch" if scaling == "strong"
          else "compute and data wait per step stay as measured"),
         "other and synchronization wait per step stay as measured (none on 1 rank)",
-        f"ring allreduce of {grad or 0:.0f} B per step; latency {latency_s * 1e6:.0f} us per hop; "
-        + ", ".join(f"{f} link {v['bytes_per_s'] * 8 / 1e6:.1f} Mbit/s ({v['source']})" for f, v in rates.items()),
+        f"ring allreduce of {grad or 0:.0f} B per step; "
+        + ", ".join(f"{f} link {v['bytes_per_s'] * 8 / 1e6:.1f} Mbit/s ({v['source']}), {v['latency_s'] * 1e6:.0f} us per hop "
+                    f"({v['latency_source']})" for f, v in rates.items()),
         f"communication = {fit_model['ratio'] or 1.0:.2f} x the bound on the {fit_model['fabric'] or 'fit'} fabric "
         f"(the fit's measured ratio; 1 where none was measured); {hidden * 1e3:.1f} ms per step stays hidden behind compute",
     ]
@@ -350,7 +382,7 @@ def project(configs: list[dict], fit: list[int], sizes: list[int], scaling: str,
             skipped.append(m)
             continue
         k = (fit_model["ratio"] or 1.0) if fabric == fit_model["fabric"] else 1.0
-        bound = network.ring_allreduce_seconds(grad, m, link["bytes_per_s"], latency_s, link["overhead"]) if m > 1 else 0.0
+        bound = _bound(grad, m, link) if m > 1 else 0.0
         scale = b["nproc"] / m if scaling == "strong" else 1.0
         parts = dict(split)
         for c in ("compute", "data_wait"):
@@ -373,7 +405,7 @@ def project(configs: list[dict], fit: list[int], sizes: list[int], scaling: str,
 
 # ---------------------------------------------------------------- the report
 
-def _series_report(runs: list[dict], key, mode: str, rates_in: float | None, latency_s: float,
+def _series_report(runs: list[dict], key, mode: str, rates_in: float | None, latency_s: float | None,
                    fit: list[int] | None, sizes: list[int] | None, notes: list[str]) -> dict | None:
     configs = [config_figures(g) for g in _group(runs, lambda r: (r["nproc"], len(r["hosts"]))).values()]
     configs.sort(key=lambda c: (c["nproc"], c["hosts"]))
@@ -384,12 +416,12 @@ def _series_report(runs: list[dict], key, mode: str, rates_in: float | None, lat
     base = configs[0]
     if base["nproc"] > 1:
         notes.append(f"{label}: no 1-rank run; efficiency is relative to n={base['nproc']}")
-    rates = link_rates(configs, rates_in)
+    rates = link_rates(configs, rates_in, latency_s)
     prev = None
     for c in configs:
         c["attribution"] = attribute(c, base)
         c["noise_vs_previous"] = prev is not None and overlaps(c["throughput"], prev["throughput"])
-        c["comm_model"] = comm_model(c, rates, latency_s)
+        c["comm_model"] = comm_model(c, rates)
         prev = c
     largest = max(c["nproc"] for c in configs)
     fit = fit or sorted({c["nproc"] for c in configs})
@@ -398,7 +430,7 @@ def _series_report(runs: list[dict], key, mode: str, rates_in: float | None, lat
             "link": rates, "configs": configs, "projection": project(configs, fit, targets, mode, rates_in, latency_s, base)}
 
 
-def scaling(paths: list[str | Path], force: bool = False, link_bytes_per_s: float | None = None, latency_s: float = 0.0,
+def scaling(paths: list[str | Path], force: bool = False, link_bytes_per_s: float | None = None, latency_s: float | None = None,
             fit: list[int] | None = None, sizes: list[int] | None = None) -> dict:
     """The scaling report of ``paths`` (sweep folders and/or run folders) as a JSON-ready dict.
 

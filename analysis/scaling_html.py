@@ -51,9 +51,11 @@ def tables(result: dict, series: dict) -> list[tuple[str, list[str], list[list[s
                 [[_cfg(c), fmt_pct(a["efficiency"]["median"]), _pp(a["gap"], a["noise"]["gap"]),
                   *[_pp(a["causes"][k], a["noise"][k]) for k in causes], _pp(a["sum"])]
                  for c in configs[1:] for a in [c["attribution"]]]))
-    out.append((f"{series['label']}: allreduce per step vs the ring lower bound 2(n-1)/n x bytes / link",
-                ["configuration", "fabric", "gradients", "sent per rank", "link", "bound", "measured", "comm busy", "measured / bound"],
+    out.append((f"{series['label']}: allreduce per step vs the ring lower bound 2(n-1)/n x bytes / link + 2(n-1) x latency",
+                ["configuration", "fabric", "gradients", "sent per rank", "link", "latency / hop", "bound", "measured", "comm busy",
+                 "measured / bound"],
                 [[_cfg(c), m["fabric"] or "-", fmt_bytes(m["grad_bytes"]), fmt_bytes(m["ring_bytes"]), fmt_rate(m["link_bytes_per_s"]),
+                  "-" if m["latency_s"] is None else f"{m['latency_s'] * 1e6:.0f} us",
                   fmt_s(m["bound_s"]), fmt_s(m["transfer_s"]), fmt_s(m["busy_s"]), fmt_num(m["ratio"], 2)]
                  for c in configs if c["nproc"] > 1 for m in [c["comm_model"]]]))
     proj = series["projection"]

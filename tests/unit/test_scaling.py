@@ -152,6 +152,29 @@ def test_comm_model_and_projection(tmp_path):
     assert any("1 rank(s) per host" in a for a in s["projection"]["assumptions"])
 
 
+def _clock_sync(run_dir, rank: int, half_rtt_ns: int) -> None:
+    """Give ``rank`` a start-of-run clock estimate with this uncertainty (half its best round trip to rank 0)."""
+    (path,) = run_dir.glob(f"host=*/rank={rank}/{schema.RANK_FILE}")
+    meta = json.loads(path.read_text())
+    meta["clock"] = {"start": {"offset_ns": 0, "uncertainty_ns": half_rtt_ns, "at_ns": T0, "rounds": 16}}
+    path.write_text(json.dumps(meta))
+
+
+def test_hop_latency_is_measured_by_the_clock_alignment_unless_given(tmp_path):
+    solo(tmp_path / "n1")
+    _clock_sync(pair(tmp_path / "n2", hosts=["h0", "h1"]), 1, 200_000)
+    link = 1e8
+    bound2 = network.link_seconds(GRAD, link * 8)
+    measured = scaling([tmp_path / "n1", tmp_path / "n2"], link_bytes_per_s=link)["series"][0]
+    assert measured["link"]["network"]["latency_s"] == pytest.approx(200e-6)
+    assert measured["link"]["network"]["latency_source"].startswith("measured")
+    assert measured["configs"][1]["comm_model"]["bound_s"] == pytest.approx(bound2 + 2 * 200e-6)  # 2(n-1) hops
+    assert any("200 us per hop (measured" in a for a in measured["projection"]["assumptions"])
+    given = scaling([tmp_path / "n1", tmp_path / "n2"], link_bytes_per_s=link, latency_s=0.0)["series"][0]
+    assert given["link"]["network"]["latency_source"] == "given"
+    assert given["configs"][1]["comm_model"]["bound_s"] == pytest.approx(bound2)
+
+
 def test_projection_held_out_size_is_compared(tmp_path):
     solo(tmp_path / "n1")
     pair(tmp_path / "n2", hosts=["h0", "h1"])
