@@ -179,7 +179,7 @@ need_slurm() {
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v srun >/dev/null \
         && command -v munged >/dev/null && return 0
     echo "testbed: installing SLURM (slurmctld slurmd slurm-client munge)" >&2
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge) >&2 \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge) >&2 \
         || die "could not install SLURM with apt-get"
 }
 
