@@ -19,7 +19,7 @@ from .findings import Finding
 from .findings.communication import communication_bound
 from .findings.contention import cpu_contention
 from .findings.context import Context
-from .findings.device import low_device_utilization
+from .findings.device import fp32_math, low_device_utilization
 from .findings.input_bound import input_bound
 from .findings.memory import memory_leak, memory_pressure
 from .findings.sync import imbalance, straggler
@@ -38,6 +38,7 @@ RULES = {
     "memory_pressure": memory_pressure,
     "memory_leak": memory_leak,
     "low_device_utilization": low_device_utilization,
+    "fp32_math": fp32_math,
 }
 
 
@@ -90,7 +91,7 @@ def _print(findings: list[Finding], run_dir: Path, out) -> None:
     con.print(f"[bold]tbdprof diagnose[/bold]  {run_dir.name}")
     if not findings:
         con.print("[green]healthy:[/green] no bottleneck found (input, communication, stragglers, imbalance, CPU, "
-                  "memory, device utilization)")
+                  "memory, device utilization, FP32 math off the tensor cores)")
         return
     for f in findings:
         when = f"  [dim]{f.time_range_s[0]:.1f}-{f.time_range_s[1]:.1f} s[/dim]" if f.time_range_s else ""

@@ -32,7 +32,8 @@ from ..load import Run, sql_list
 
 PHASES = (schema.PHASE_DATA, schema.PHASE_H2D, schema.PHASE_FORWARD, schema.PHASE_BACKWARD, schema.PHASE_OPTIMIZER)
 GAUGES = ("cpu.process_pct", "cpu.system_pct", "cpu.iowait_pct", "cpu.runnable", "mem.used_bytes", "mem.swap_used_bytes",
-          "gpu.util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "torch.alloc_retries")
+          "gpu.util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "gpu.fp32_util_pct", "gpu.tensor_util_pct",
+          "torch.alloc_retries")
 
 
 class Context:

@@ -1,4 +1,5 @@
-"""Low device utilization: GPUs mostly idle between kernels (where a GPU was recorded)."""
+"""The GPU itself (where one was recorded): mostly idle between kernels, or busy with matrix math on
+its FP32 pipes while its tensor cores stay idle (GPM counters, Hopper and newer)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from .context import Context
 IDLE_WARNING = 0.5  # 1 - NVML utilization
 IDLE_CRITICAL = 0.8
 LAUNCH_BOUND_CORES = 0.9  # the rank's process busy near one full core while its GPU idles: the host thread limits
+FP32_BUSY_PCT = 20.0  # GPM FP32 pipe utilization: a fifth of the SM cycles doing FP32 math
+TENSOR_IDLE_PCT = 5.0  # GPM tensor-core utilization below this: tensor cores essentially unused
+FP32_CRITICAL_PCT = 50.0
 
 
 def low_device_utilization(ctx: Context) -> list[Finding]:
@@ -35,4 +39,26 @@ def low_device_utilization(ctx: Context) -> list[Finding]:
             evidence={"device": device, "gpu_util_avg_pct": util, "gpu_util_max_pct": peak, "process_cores": cores,
                       "data_wait_fraction": data, "launch_bound": launch},
             recommendation=advice))
+    return out
+
+
+def fp32_math(ctx: Context) -> list[Finding]:
+    """One finding per rank whose GPU spends >= 20% of its SM cycles in FP32 math with tensor cores idle."""
+    out = []
+    for (metric, rank, device), (fp32, _peak) in ctx.gauges.items():
+        if metric != "gpu.fp32_util_pct" or fp32 is None or fp32 < FP32_BUSY_PCT:
+            continue
+        tensor = ctx.gauge("gpu.tensor_util_pct", rank, device)
+        if tensor is None or tensor >= TENSOR_IDLE_PCT:
+            continue  # no tensor-core reading is no evidence: never guessed
+        dtype = (ctx.run.ranks.get(rank, {}).get("metadata") or {}).get("dtype")
+        out.append(Finding(
+            kind="fp32_math", severity="critical" if fp32 >= FP32_CRITICAL_PCT else "warning", ranks=[rank],
+            time_range_s=ctx.window_s, score=fp32 / 100,
+            title=f"rank {rank} {device}: FP32 pipes busy {fp32:.0f}% of the time, tensor cores {tensor:.1f}%",
+            evidence={"device": device, "fp32_util_pct": fp32, "tensor_util_pct": tensor, "dtype": dtype},
+            recommendation="Matrix math runs in full FP32 on the CUDA cores. TF32 tensor cores take FP32 matmuls and "
+                           "convolutions at several times the rate (torch.set_float32_matmul_precision('high'), "
+                           "torch.backends.cudnn.allow_tf32 = True); mixed precision (torch.autocast with bfloat16, "
+                           "`--amp bf16` for the reference workloads) also halves the memory traffic."))
     return out

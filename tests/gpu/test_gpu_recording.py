@@ -10,6 +10,7 @@ import torch
 
 import tbdprof
 from gpucommon import HOPPER, cuda_run, needs_cuda, rank_json
+from tbdprof.analysis.diagnose import diagnose_run
 from tbdprof.analysis.gpu import UNAVAILABLE, gpu_figures
 from tbdprof.analysis.load import open_run
 
@@ -65,6 +66,28 @@ def test_gpm_metrics_on_hopper(busy_run):
     assert max(_values(busy_run, "gpu.fp32_util_pct")) > 0 and max(_values(busy_run, "gpu.tensor_util_pct")) > 0
     fig = gpu_figures(busy_run)["per_rank"]["0"]
     assert isinstance(fig["fp32_util_pct"], float) and isinstance(fig["tensor_util_pct"], float)
+
+
+def _matmul_run(out, run_id: str, dtype) -> object:
+    """A profiled loop of 8192^3 matrix products in ``dtype`` (TF32 off) for BUSY_S seconds, 6+ steps."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
+    with tbdprof.Profiler(out=out, run_id=run_id, sample_hz=HZ, clock_sync=False, warmup_steps=1) as prof:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < BUSY_S or prof.step_index < 6:
+            with prof.step():
+                for _ in range(4):
+                    a = torch.tanh(a @ a)
+                torch.cuda.synchronize()
+    return open_run(out / run_id)
+
+
+@pytest.mark.skipif(not HOPPER, reason="GPM metrics exist on Hopper and newer GPUs only")
+def test_fp32_matrix_math_is_diagnosed_and_bf16_is_not(tmp_path):
+    fp32 = [f for f in diagnose_run(_matmul_run(tmp_path, "fp32", torch.float32)) if f.kind == "fp32_math"]
+    assert len(fp32) == 1 and fp32[0].ranks == [0], fp32
+    bf16 = [f for f in diagnose_run(_matmul_run(tmp_path, "bf16", torch.bfloat16)) if f.kind == "fp32_math"]
+    assert bf16 == []
 
 
 def test_gpu_figures_never_guess(busy_run):

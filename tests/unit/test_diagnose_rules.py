@@ -146,6 +146,16 @@ def test_low_device_utilization(tmp_path, util, severity):
     assert kinds(make_run(tmp_path, samples={1: gpu})) == ([("low_device_utilization", severity, [1])] if severity else [])
 
 
+@pytest.mark.parametrize("fp32, tensor, severity", [(60, 0.5, "critical"), (30, 1, "warning"), (30, 40, None),
+                                                   (10, 0, None), (60, None, None)])
+def test_fp32_math_with_idle_tensor_cores(tmp_path, fp32, tensor, severity):
+    gpm = gauge("gpu.util_pct", [95] * 30, device="gpu0") + gauge("gpu.fp32_util_pct", [fp32] * 30, device="gpu0")
+    if tensor is not None:  # no GPM tensor reading (an older GPU): no finding, never guessed
+        gpm += gauge("gpu.tensor_util_pct", [tensor] * 30, device="gpu0")
+    found = kinds(make_run(tmp_path, samples={0: gpm}))
+    assert found == ([("fp32_math", severity, [0])] if severity else [])
+
+
 def test_cli_json_and_unreadable_run(tmp_path):
     from clirun import run_cli
 
