@@ -30,12 +30,16 @@ key=$("$PY" -c 'import sys, torch; print(f"torch{torch.__version__}-cp{sys.versi
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/tbdprof/wheels/horovod-$HOROVOD_VERSION-$key
 wheel=$(ls "$cache"/horovod-*.whl 2>/dev/null | head -n 1 || true)
 
+# Open MPI is needed to run a cached wheel too (it links libmpi); cmake and g++ only to build one.
+packages=(openmpi-bin libopenmpi-dev)
+[ -n "$wheel" ] || packages+=(cmake g++)
+if [ ! -x /usr/bin/mpicxx ] || { [ -z "$wheel" ] && ! command -v cmake >/dev/null; }; then
+    echo "horovod: installing ${packages[*]} with apt"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
 if [ -z "$wheel" ]; then
-    if ! command -v /usr/bin/mpicxx >/dev/null || ! command -v cmake >/dev/null; then
-        echo "horovod: installing Open MPI and cmake with apt"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openmpi-bin libopenmpi-dev cmake g++ >/dev/null
-    fi
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     echo "horovod: building $HOROVOD_VERSION for $key (first time on this machine: several minutes)"
