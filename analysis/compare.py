@@ -17,7 +17,11 @@ from .environment import INCIDENTAL
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s
 from .load import Run, analyse
 
-_FORMAT = {"s": fmt_s, "bytes": fmt_bytes, "bytes/s": fmt_rate, "fraction": fmt_pct, "percent": lambda x: fmt_num(x) + "%"}
+_FORMAT = {"s": fmt_s, "bytes": fmt_bytes, "bytes/s": fmt_rate, "fraction": fmt_pct, "percent": lambda x: fmt_num(x) + "%",
+           "watts": lambda x: fmt_num(x) + " W"}
+# compared GPU figure -> key of analysis/gpu.py's per-rank figures
+GPU_FIGURES = {"GPU SM occupancy (avg)": "sm_occupancy_pct", "GPU tensor-core utilization (avg)": "tensor_util_pct",
+               "GPU FP32 utilization (avg)": "fp32_util_pct", "GPU DRAM bandwidth utilization (avg)": "dram_bw_util_pct"}
 
 
 def _get(d, *path):
@@ -50,6 +54,13 @@ def figures(summary: dict) -> dict[str, tuple[float | None, str]]:
     out["CPU per rank (avg)"] = (_mean(_get(u, "cpu.process_pct", "avg") for u in util.get("per_rank", {}).values()), "percent")
     out["host CPU (avg)"] = (_mean(_get(u, "cpu.system_pct", "avg") for u in util.get("per_host", {}).values()), "percent")
     out["GPU utilization (avg)"] = (_mean(_get(u, "util_pct", "avg") for u in util.get("gpus", {}).values()), "percent")
+    gpus = list((_get(summary, "gpu", "per_rank") or {}).values())
+    for name, key in GPU_FIGURES.items():  # GPM figures where recorded ("unavailable" elsewhere is left out)
+        out[name] = (_mean(g[key] for g in gpus if isinstance(g.get(key), (int, float))), "percent")
+    for name, path, unit in (("GPU memory max (avg per rank)", ("memory", "device_used_bytes_max"), "bytes"),
+                             ("allocator reserved max (avg per rank)", ("memory", "reserved_bytes_max"), "bytes"),
+                             ("GPU power (avg per rank)", ("power", "avg_w"), "watts")):
+        out[name] = (_mean(_get(g, *path) for g in gpus), unit)
     net = summary.get("network") or {}
     per_step = [v.get("sent_bytes_per_step") for nics in net.get("interfaces", {}).values() for v in nics.values()]
     out["network sent / step (all hosts)"] = (sum(v for v in per_step if v) if any(per_step) else None, "bytes")
@@ -71,6 +82,8 @@ def _setting_values(summary: dict) -> dict[str, str]:
     run = summary.get("run") or {}
     out |= {"workload": str(run.get("workload")), "preset": str(run.get("preset")), "world size": str(summary.get("world_size")),
             "hosts": str(len(summary.get("hosts", []))), "warm-up steps": str(summary.get("warmup_steps"))}
+    # the run's own settings (batch size, engine, --amp, device...) as rank 0 recorded them
+    out |= {f"config {k}": str(v) for k, v in (run.get("config") or {}).items() if isinstance(v, (str, int, float, bool))}
     return out
 
 

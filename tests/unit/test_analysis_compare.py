@@ -9,9 +9,10 @@ from tbdprof import cli
 from tbdprof.analysis.compare import compare_runs, compare_summaries
 
 
-def _run(path, step_ms, omp):
+def _run(path, step_ms, omp, samples=(), metadata=None):
     write_run(path, 1, workload="w", preset="tiny")
-    write_rank(path, spans=steps(10, step_ms, phases={"forward": (0, step_ms / 2)}), samples=gauge("cpu.process_pct", [80] * 10),
+    write_rank(path, spans=steps(10, step_ms, phases={"forward": (0, step_ms / 2)}),
+               samples=gauge("cpu.process_pct", [80] * 10) + list(samples), metadata=metadata,
                env={"python": "3.11", "torch": "2.13", "torch_threads": omp, "env": {"OMP_NUM_THREADS": str(omp)}})
     return path
 
@@ -51,3 +52,22 @@ def test_a_figure_present_in_one_run_only():
     rows = {r["figure"]: r for r in compare_summaries(a, {})["figures"]}
     assert rows["allreduce algbw"]["a"] == 5e8 and rows["allreduce algbw"]["b"] is None
     assert rows["allreduce algbw"]["unit"] == "bytes/s" and rows["allreduce algbw"]["relative"] is None
+
+
+def test_gpu_figures_and_run_settings(tmp_path):
+    def gpu(tensor, fp32, power):
+        return (gauge("gpu.util_pct", [90] * 10, device="gpu0") + gauge("gpu.tensor_util_pct", [tensor] * 10, device="gpu0")
+                + gauge("gpu.fp32_util_pct", [fp32] * 10, device="gpu0") + gauge("gpu.power_w", [power] * 10, device="gpu0"))
+
+    a = _run(tmp_path / "a", 100, 1, gpu(2, 60, 500), metadata={"amp": "none", "dtype": "float32"})
+    b = _run(tmp_path / "b", 50, 1, gpu(40, 5, 400), metadata={"amp": "bf16", "dtype": "bfloat16"})
+    result = compare_runs(a, b)
+    rows = {r["figure"]: r for r in result["figures"]}
+    assert (rows["GPU tensor-core utilization (avg)"]["a"], rows["GPU tensor-core utilization (avg)"]["b"]) == (2, 40)
+    assert rows["GPU FP32 utilization (avg)"]["diff"] == pytest.approx(-55)
+    assert rows["GPU power (avg per rank)"]["relative"] == pytest.approx(-0.2)
+    assert "GPU SM occupancy (avg)" not in rows  # recorded by neither run
+    env = {e["setting"]: (e["a"], e["b"]) for e in result["environment"]}
+    assert env["config amp"] == ("none", "bf16") and env["config dtype"] == ("float32", "bfloat16")
+    assert "config batch_size" not in env  # the same in both
+
