@@ -82,8 +82,6 @@ def _setting_values(summary: dict) -> dict[str, str]:
     run = summary.get("run") or {}
     out |= {"workload": str(run.get("workload")), "preset": str(run.get("preset")), "world size": str(summary.get("world_size")),
             "hosts": str(len(summary.get("hosts", []))), "warm-up steps": str(summary.get("warmup_steps"))}
-    # the run's own settings (batch size, engine, --amp, device...) as rank 0 recorded them
-    out |= {f"config {k}": str(v) for k, v in (run.get("config") or {}).items() if isinstance(v, (str, int, float, bool))}
     return out
 
 

@@ -40,6 +40,7 @@ FIELDS = (
     ("loader workers", ("metadata", "num_workers")),
     ("device", ("metadata", "device")),
     ("dtype", ("metadata", "dtype")),
+    ("mixed precision", ("metadata", "amp")),
 )
 
 

@@ -68,6 +68,6 @@ def test_gpu_figures_and_run_settings(tmp_path):
     assert rows["GPU power (avg per rank)"]["relative"] == pytest.approx(-0.2)
     assert "GPU SM occupancy (avg)" not in rows  # recorded by neither run
     env = {e["setting"]: (e["a"], e["b"]) for e in result["environment"]}
-    assert env["config amp"] == ("none", "bf16") and env["config dtype"] == ("float32", "bfloat16")
-    assert "config batch_size" not in env  # the same in both
+    assert env["mixed precision"] == ("none", "bf16") and env["dtype"] == ("float32", "bfloat16")
+    assert "batch size / rank" not in env  # the same in both
 
