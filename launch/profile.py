@@ -177,8 +177,10 @@ def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: flo
     argv = forward_env(command, exe)
     lead = info.rank == 0
     if lead:
+        # one task per rank under srun: the hosts are the rank folders', not the lead task's alone
+        hosts = [socket.gethostname()] if info.world_size == 1 else None
         store.update_run_json(run_dir, run_id=run_dir.name, launcher="profile", command=command,
-                              command_line=shlex.join(command), argv=sys.argv, hosts=[socket.gethostname()],
+                              command_line=shlex.join(command), argv=sys.argv, hosts=hosts, world_size=info.world_size,
                               status="running", started_ns=clock.now_ns())
     print(f"tbdprof: profiling into {run_dir}: {shlex.join(argv)}", file=sys.stderr, flush=True)
     child: subprocess.Popen | None = None

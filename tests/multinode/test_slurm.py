@@ -56,5 +56,7 @@ def test_profile_once_per_srun_task(hosts2, slurm, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert sorted(re.findall(r"rank (\d) steps 5", res.stdout)) == ["0", "1"]
     run_dir = tmp_path / "p"
+    meta = store.read_json(run_dir / "run.json")
+    assert (meta["status"], meta["world_size"], meta["hosts"]) == ("complete", 2, None)
     assert _ranks(run_dir) == [(0, "node0", "slurm", "complete"), (1, "node1", "slurm", "complete")]
     assert {r["rank"]: r["steps_recorded"] for r in summarize(open_run(run_dir))["ranks"]} == {0: 5, 1: 5}
