@@ -21,8 +21,8 @@ __version__ = "0.1.0"
 
 
 def instrument(prof, model, optimizer):
-    """Record forward, backward and optimizer phases through hooks (see :mod:`tbdprof.instrument`)."""
-    from .instrument import instrument as _instrument
+    """Record forward, backward and optimizer phases through hooks (see :mod:`tbdprof.phase_hooks`)."""
+    from .phase_hooks import instrument as _instrument
 
     return _instrument(prof, model, optimizer)
 

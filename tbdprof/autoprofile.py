@@ -7,7 +7,7 @@ PyTorch's global hooks:
 
 - DataLoader iteration: a ``data_wait`` span per batch, samples per step;
 - the outermost module's forward, and the backward that follows it (the
-  phase logic of :class:`tbdprof.instrument.Instrumentation`);
+  phase logic of :class:`tbdprof.phase_hooks.Instrumentation`);
 - the first optimizer that steps: the ``optimizer`` phase, whose end closes
   the training step; at its first step, :meth:`Profiler.watch` on the model
   that ran forward (memory breakdown, DDP or Horovod communication spans).
@@ -284,7 +284,7 @@ class AutoRecorder:
         if optimizer is self._optimizer:
             self.phases._opt_post(optimizer, args, kwargs)
         else:  # a second optimizer (e.g. a GAN's): its phase, not a step boundary
-            self.phases._span(schema.PHASE_OPTIMIZER, self.phases._opt_start, clock.now_ns())
+            self.phases._span(schema.PHASE_OPTIMIZER, self.phases._opt_start)
 
     def _watch(self, optimizer) -> None:
         """Memory breakdown and comm spans of the model that ran forward, if ``optimizer`` trains it."""
@@ -301,12 +301,13 @@ class AutoRecorder:
 
 
 def _phases(prof: Profiler):
-    """:class:`~tbdprof.instrument.Instrumentation`'s phase methods on ``prof``, without its per-object hooks."""
-    from .instrument import Instrumentation
+    """:class:`~tbdprof.phase_hooks.Instrumentation`'s phase methods on ``prof``, without its per-object hooks."""
+    from .phase_hooks import Instrumentation
 
     class Phases(Instrumentation):
         def __init__(self, prof: Profiler):
-            self.prof, self._fwd_start, self._bwd_start, self._opt_start, self._handles = prof, 0, None, 0, []
+            self.prof, self._device, self._handles = prof, False, []
+            self._fwd_start, self._bwd_start, self._opt_start = 0, None, 0
 
     return Phases(prof)
 

@@ -317,6 +317,36 @@ def test_cuda_phase_is_the_host_phase_without_cuda_and_event_timed_with_it(tmp_p
     assert row == (0, schema.KIND_PHASE, 4_000_000)
 
 
+class TickingEvents(FakeEvents):
+    """Each recorded event is 1 ms of GPU time after the previous one."""
+
+    def record(self):
+        ev = super().record()
+        self.gpu_ms += 1.0
+        return ev
+
+
+def test_instrumented_phases_are_event_timed_when_the_model_is_on_a_gpu(tmp_path, monkeypatch):
+    import importlib
+
+    import tbdprof
+
+    monkeypatch.setattr(importlib.import_module("tbdprof.phase_hooks"), "on_gpu", lambda module: True)
+    prof = tbdprof.Profiler(out=tmp_path, run_id="r", samplers=[], clock_sync=False)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with prof:
+        prof._cuda = cuda.CudaPending(prof._record_span, events=TickingEvents())
+        tbdprof.instrument(prof, model, opt)
+        for _ in range(3):
+            model(torch.randn(4, 8)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    rows = open_run(tmp_path / "r").sql("SELECT step, name, end_ns - start_ns FROM spans WHERE kind = 'phase' ORDER BY step, start_ns")
+    # forward: begin, end; backward: begin (autograd reaches the output), end; optimizer: begin, end = 1 ms each
+    assert rows == [(s, n, 1_000_000) for s in range(3) for n in ("forward", "backward", "optimizer")]
+
+
 # --- analysis/gpu.py on a synthetic store -----------------------------------------------
 
 

@@ -115,6 +115,17 @@ def test_instrument_records_phases_without_phase_blocks(tmp_path, no_launcher):
     assert order == ["forward", "backward", "optimizer"]
 
 
+def test_instrument_stays_callable(tmp_path, no_launcher):
+    """Importing the hooks' module must not replace the package's ``instrument`` function with it."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    prof = tbdprof.Profiler(out=tmp_path, run_id="again", enabled=False)
+    first = tbdprof.instrument(prof, model, opt)
+    first.remove()
+    assert callable(tbdprof.instrument)
+    tbdprof.instrument(prof, model, opt).remove()
+
+
 def test_explicit_steps_and_user_phases(tmp_path, no_launcher):
     prof = tbdprof.Profiler(out=tmp_path, run_id="s", flush_s=5, sample_hz=20)
     with prof:
