@@ -106,6 +106,25 @@ def test_cuda_phases_are_device_time_inside_their_step(busy_run):
         assert 0 < b - a < e - s and s - slack <= a and b <= e + slack, name
 
 
+def test_instrument_times_phases_on_the_device(tmp_path):
+    model = torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(8)]).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(512, 2048, device="cuda")
+    with tbdprof.Profiler(out=tmp_path, run_id="hooks", sample_hz=HZ, clock_sync=False) as prof:
+        tbdprof.instrument(prof, model, opt)
+        for _ in range(6):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+    run = open_run(tmp_path / "hooks")
+    rows = run.sql("SELECT p.name, p.end_ns - p.start_ns, p.start_ns - s.start_ns, s.end_ns - p.end_ns FROM spans p "
+                   "JOIN spans s ON p.step = s.step AND s.kind = 'step' WHERE p.kind = 'phase'")
+    assert sorted({r[0] for r in rows}) == ["backward", "forward", "optimizer"] and len(rows) == 18
+    slack = 1_000_000
+    assert all(d > 0 and before > -slack and after > -slack for _name, d, before, after in rows), rows
+
+
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory, data_cache):
     return open_run(cuda_run(tmp_path_factory.mktemp("runs"), "resnet"))
