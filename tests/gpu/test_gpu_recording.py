@@ -118,11 +118,12 @@ def test_instrument_times_phases_on_the_device(tmp_path):
             opt.zero_grad(set_to_none=True)
             torch.cuda.synchronize()
     run = open_run(tmp_path / "hooks")
-    rows = run.sql("SELECT p.name, p.end_ns - p.start_ns, p.start_ns - s.start_ns, s.end_ns - p.end_ns FROM spans p "
-                   "JOIN spans s ON p.step = s.step AND s.kind = 'step' WHERE p.kind = 'phase'")
-    assert sorted({r[0] for r in rows}) == ["backward", "forward", "optimizer"] and len(rows) == 18
-    slack = 1_000_000
-    assert all(d > 0 and before > -slack and after > -slack for _name, d, before, after in rows), rows
+    # device time, in order; a phase may end after its step's host end (the host runs ahead), never start before it
+    rows = run.sql("SELECT p.step, list(p.name ORDER BY p.start_ns), min(p.end_ns - p.start_ns), min(p.start_ns - s.start_ns) "
+                   "FROM spans p JOIN spans s ON p.step = s.step AND s.kind = 'step' WHERE p.kind = 'phase' GROUP BY p.step")
+    assert len(rows) == 6
+    for _step, names, shortest, first_start in rows:
+        assert names == ["forward", "backward", "optimizer"] and shortest > 0 and first_start > -1_000_000
 
 
 @pytest.fixture(scope="module")
