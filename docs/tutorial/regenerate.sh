@@ -92,15 +92,15 @@ if [ -s "$CAP/scaling-slow.json" ]; then
 elif [ "$(id -u)" != 0 ]; then
     say "4. skipped: the testbed needs root (network namespaces); rerun as root for the scaling figures"
     echo '{"skipped": "not root"}' >"$CAP/scaling-skipped.json"
-elif ip netns list 2>/dev/null | grep -q '^tbdp-'; then
-    say "4. skipped: a testbed is already up on this machine (ip netns list shows tbdp-*)"
+elif ip netns list 2>/dev/null | grep -q '^tbdtut-'; then
+    say "4. skipped: another tutorial run's testbed is up on this machine (ip netns list shows tbdtut-*)"
     echo '{"skipped": "testbed busy"}' >"$CAP/scaling-skipped.json"
 else
     rm -f "$CAP/scaling-skipped.json"
     say "4. scaling on the testbed (2 hosts, fast then 20mbit)"
     TB="$ROOT/launch/testbed.sh"
     export TBDPROF_TESTBED=$WORK/testbed  # its state folder (throwaway key, logs)
-    "$TB" up 2 >"$CAP/testbed.log" 2>&1
+    "$TB" up 2 --name tbdtut >"$CAP/testbed.log" 2>&1  # its own name: test sessions' testbeds may be up too
     TESTBED_UP=1
     for link in fast slow; do
         if [ $link = slow ]; then "$TB" shape --bandwidth 20mbit >>"$CAP/testbed.log" 2>&1; fi
