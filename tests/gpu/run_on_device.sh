@@ -4,8 +4,10 @@
 # Sets up a virtualenv, runs tests/gpu, profiles resnet50 and transformer
 # (small preset) on one GPU, runs the same loops with --no-profile, and prints
 # a table (samples/s, GPU and FP32/tensor utilization, memory breakdown,
-# sampler cost, overhead ratio). Results go to $OUT when set, else a temporary
-# folder. Meant to finish within 8 minutes.
+# sampler cost, overhead ratio). Its results, four files (gpu-tests.txt,
+# runs.log, gpu-table.txt, gpu_table.json), go to $OUT when set, else to a
+# temporary folder; data sets and runs stay in a work folder ($WORK, default a
+# temporary one). Meant to finish within 8 minutes.
 #
 # Python environment: where $PYTHON (python3) already imports torch, a
 # virtualenv is layered over it (its site folders added through a .pth file,
@@ -19,12 +21,13 @@ set -euo pipefail
 
 cd "$(dirname "$0")/../.."
 out="${OUT:-$(mktemp -d)}"
+work="${WORK:-$(mktemp -d)}"
 venv="${VENV:-/tmp/tbdprof-gpu-venv}"
 base="${PYTHON:-python3}"
 torch_version="${TORCH_VERSION:-2.13.0}"
 steps="${STEPS:-30}"
-export PYTHONUNBUFFERED=1 TBDPROF_DATA="$out/data"
-mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TBDPROF_DATA="$work/data"
+mkdir -p "$out" "$work"
 
 py="$venv/bin/python"
 if "$base" -c 'import torch' 2>/dev/null; then
@@ -61,14 +64,16 @@ print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, {torch.cuda.
 PY
 
 status=0
-timeout 240 "$py" -m pytest -q -rs -p no:cacheprovider tests/gpu --junitxml "$out/gpu-tests.xml" 2>&1 | tee "$out/gpu-tests.txt" || status=1
+timeout 240 "$py" -m pytest -q -rs -p no:cacheprovider tests/gpu 2>&1 | tee "$out/gpu-tests.txt" || status=1
 
-runs="$out/runs"
+runs="$work/runs"
 for wl in resnet50 transformer; do
     common=(--device cuda --preset small --steps "$steps" --warmup 5 --out "$runs")
-    timeout 120 "$py" -m tbdprof run "$wl" --nproc 1 "${common[@]}" --run-id "$wl" > "$out/$wl.txt" 2>&1 || status=1
-    timeout 90 "$py" -m tbdprof.workloads.train "$wl" --no-profile "${common[@]}" --run-id "$wl-base" > "$out/$wl-base.txt" 2>&1 || status=1
+    { echo "=== $wl, profiled"; timeout 120 "$py" -m tbdprof run "$wl" --nproc 1 "${common[@]}" --run-id "$wl"; } >> "$out/runs.log" 2>&1 || status=1
+    { echo "=== $wl, --no-profile"; timeout 90 "$py" -m tbdprof.workloads.train "$wl" --no-profile "${common[@]}" --run-id "$wl-base"; } \
+        >> "$out/runs.log" 2>&1 || status=1
 done
 "$py" tests/gpu/device_table.py "$runs" resnet50 transformer | tee "$out/gpu-table.txt" || status=1
-echo "results in $out (exit $status)"
+cp "$runs/gpu_table.json" "$out/" 2>/dev/null || status=1
+echo "results in $out, runs in $runs (exit $status)"
 exit "$status"
