@@ -284,7 +284,7 @@ class AutoRecorder:
         if optimizer is self._optimizer:
             self.phases._opt_post(optimizer, args, kwargs)
         else:  # a second optimizer (e.g. a GAN's): its phase, not a step boundary
-            self.phases._span(schema.PHASE_OPTIMIZER, self.phases._opt_start)
+            self.phases._close_optimizer()
 
     def _watch(self, optimizer) -> None:
         """Memory breakdown and comm spans of the model that ran forward, if ``optimizer`` trains it."""
@@ -307,7 +307,7 @@ def _phases(prof: Profiler):
     class Phases(Instrumentation):
         def __init__(self, prof: Profiler):
             self.prof, self._device, self._handles = prof, False, []
-            self._fwd_start, self._bwd_start, self._opt_start = 0, None, 0
+            self._fwd = self._bwd = self._opt = None
 
     return Phases(prof)
 

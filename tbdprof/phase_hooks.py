@@ -11,7 +11,7 @@
 It also calls :meth:`Profiler.watch`, so the memory breakdown and DDP
 communication spans come with it.
 
-When the model is on a GPU the phase boundaries are CUDA events on the
+When the model is on a GPU the phases are timed with CUDA events on the
 current stream (:mod:`tbdprof.cuda`), so each phase is the device's time for
 its kernels, not the host's time to launch them.
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from . import clock, schema
+from . import schema
 from .profiler import Profiler, _batch_items
 
 
@@ -47,16 +47,15 @@ def on_gpu(module: torch.nn.Module) -> bool:
 class Instrumentation:
     """The hooks installed by :func:`instrument`; ``remove()`` takes them out.
 
-    A phase boundary is a *mark*: host nanoseconds, or on the GPU a CUDA
-    event (with its anchor) that the writer thread resolves into a span.
+    Each phase is the Profiler's own timed span (:meth:`Profiler.cuda_phase`'s),
+    opened in one hook and closed in a later one: host time, or CUDA events on
+    the current stream when the model's last forward ran on a GPU.
     """
 
     def __init__(self, prof: Profiler, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.prof = prof
-        self._device = False  # the last forward ran on a GPU: marks are CUDA events
-        self._fwd_start = 0
-        self._bwd_start = None
-        self._opt_start = 0
+        self._device = False  # the last forward ran on a GPU
+        self._fwd = self._bwd = self._opt = None  # the open phases
         inner = getattr(model, "module", model)
         self._handles = [
             inner.register_forward_pre_hook(self._fwd_pre),
@@ -66,43 +65,46 @@ class Instrumentation:
         ]
         prof.watch(model, optimizer)
 
-    def _mark(self):
-        """Now: host nanoseconds, or a CUDA event on the current stream when the model is on a GPU."""
-        return self.prof._cuda_pending().begin() if self._device else clock.now_ns()
+    def _open(self, name: str):
+        """Start the phase ``name`` now; :meth:`_close` ends it."""
+        phase = self.prof._device_timed(name, schema.KIND_PHASE, None, device=self._device)
+        phase.__enter__()
+        return phase
 
-    def _span(self, name: str, start) -> None:
-        """The phase ``name`` from mark ``start`` to now."""
-        if self._device:
-            pending = self.prof._cuda_pending()
-            pending.add(self.prof.step_index, name, schema.KIND_PHASE, None, start, pending.record())
-        else:
-            self.prof._record_span(self.prof.step_index, name, schema.KIND_PHASE, start, clock.now_ns(), None, None)
+    @staticmethod
+    def _close(phase) -> None:
+        if phase is not None:
+            phase.__exit__(None, None, None)
 
     def _fwd_pre(self, module, args):
         if self.prof._step_start is None:
             self.prof.begin_step(_batch_items(args))
         self._device = on_gpu(module)
-        self._fwd_start = self._mark()
+        self._fwd = self._open(schema.PHASE_FORWARD)
 
     def _fwd_post(self, module, args, output):
-        self._span(schema.PHASE_FORWARD, self._fwd_start)
+        self._close(self._fwd)
+        self._fwd = None
         out = _first_tensor(output)
         if out is not None and out.requires_grad:
             out.register_hook(self._bwd_begin)
 
     def _bwd_begin(self, grad):
-        if self._bwd_start is None:
-            self._bwd_start = self._mark()
+        if self._bwd is None:
+            self._bwd = self._open(schema.PHASE_BACKWARD)
 
     def _opt_pre(self, optimizer, args, kwargs):
-        if self._bwd_start is not None:
-            self._span(schema.PHASE_BACKWARD, self._bwd_start)
-            self._bwd_start = None
-        self._opt_start = self._mark()
+        self._close(self._bwd)
+        self._bwd = None
+        self._opt = self._open(schema.PHASE_OPTIMIZER)
 
     def _opt_post(self, optimizer, args, kwargs):
-        self._span(schema.PHASE_OPTIMIZER, self._opt_start)
+        self._close_optimizer()
         self.prof.end_step()
+
+    def _close_optimizer(self) -> None:
+        self._close(self._opt)
+        self._opt = None
 
     def remove(self) -> None:
         for h in self._handles:

@@ -198,8 +198,7 @@ class Profiler:
         _ensure_log_handler()
         dist = _dist()
         if self.info.launcher == "none" and dist is not None and dist.get_world_size() > 1:
-            group = None if dist.get_backend() == "gloo" else self._gloo_group(dist)
-            self.info = ranks.from_process_group(dist, group)
+            self.info = ranks.from_process_group(dist, self._gloo_group(dist))
         self.run_dir = self._resolve_run_dir()
         self.run_id = self.run_dir.name
         self.rank_dir = store.rank_dir(self.run_dir, self.info.host, self.info.rank)
@@ -267,14 +266,17 @@ class Profiler:
                 self._meta["clock"][when] = clock.ClockEstimate(0, 0, clock.now_ns(), 0).to_dict()
             return
         try:
-            group = None if dist.get_backend() == "gloo" else self._gloo_group(dist)
-            est = clock.estimate_offset(group, timeout_s=30.0 if when == "start" else 10.0)
+            est = clock.estimate_offset(self._gloo_group(dist), timeout_s=30.0 if when == "start" else 10.0)
             self._meta["clock"][when] = est.to_dict()
         except Exception as e:  # noqa: BLE001 - a peer gone at the end must not fail training
             log.warning("tbdprof: clock sync at %s failed on rank %d (%s)", when, self.info.rank, e)
         self._write_rank_json()
 
     def _gloo_group(self, dist):
+        """The group for tbdprof's own CPU collectives: the world's when it is gloo, else a gloo
+        group made once (collective: every rank calls this at the same point)."""
+        if dist.get_backend() == "gloo":
+            return None
         if not hasattr(self, "_gloo"):
             self._gloo = dist.new_group(backend="gloo")
         return self._gloo
@@ -355,10 +357,11 @@ class Profiler:
         """
         return self._device_timed(name, schema.KIND_COMM, nbytes)
 
-    def _device_timed(self, name: str, kind: str, nbytes: int | None):
+    def _device_timed(self, name: str, kind: str, nbytes: int | None, device: bool | None = None):
+        """A span timed with CUDA events when ``device`` (default: when CUDA is in use), else with the host clock."""
         if not self.enabled:
             return _NULL
-        if not cuda.in_use():
+        if not (cuda.in_use() if device is None else device):
             return _Phase(self, name, kind, nbytes)
         return cuda.CudaPhase(self._cuda_pending(), self, name, kind, nbytes)
 
