@@ -5,17 +5,23 @@ children's PYTHONPATH. When a child imports torch, that hook calls
 :func:`install`, which, in a process :func:`classify` calls a *rank*, installs
 PyTorch's global hooks:
 
-- DataLoader iteration: a ``data_wait`` span per batch, samples per step;
-- the outermost module's forward, and the backward that follows it (the
-  phase logic of :class:`tbdprof.phase_hooks.Instrumentation`);
-- the first optimizer that steps: the ``optimizer`` phase, whose end closes
-  the training step; at its first step, :meth:`Profiler.watch` on the model
-  that ran forward (memory breakdown, DDP or Horovod communication spans).
+- DataLoader iteration, module forwards and optimizer steps, filtered here:
+  the trained model is the outermost module holding parameters some
+  optimizer updates (:mod:`tbdprof.trained`), so loss and metric modules,
+  EMA copies and recomputation inside backward are never taken for it;
+- the step state of :class:`tbdprof.autostep.AutoSteps` (what a step is,
+  evaluation passes, samples trained) and its phases
+  (:class:`tbdprof.phases.PhaseTracker`, shared with ``instrument()``);
+- at the first training forward, :meth:`Profiler.watch` on the trained model
+  with the optimizers that update it (memory breakdown, DDP or Horovod
+  communication spans).
 
-The recorder starts at the first training event (a batch fetched, a forward
-or an optimizer step, with gradients enabled). A script that starts its own
-:class:`~tbdprof.Profiler` wins: ``Profiler.start`` calls :func:`yield_to`,
-which takes these hooks out and discards what they had recorded.
+The recorder starts at the first training event (a batch fetched or a
+forward of the trained model, with gradients enabled). A script that starts
+its own :class:`~tbdprof.Profiler` wins: this module registers
+:func:`yield_to` with :func:`tbdprof.profiler.on_start`, which takes these
+hooks out and discards what they had recorded. What the recording saw and
+could not see is noted in its coverage (``rank.json``).
 
 Every hook is guarded: an error inside tbdprof is logged once, the hooks are
 taken out, and the training goes on.
@@ -31,8 +37,11 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from . import clock, schema
-from .profiler import Profiler, _batch_items, _ensure_log_handler, log
+from . import clock, profiler, schema
+from .profiler import Profiler, _ensure_log_handler, log
+from .trained import TrainedParams
+
+TRAINED = TrainedParams()  # every optimizer's parameters in this process: what "the trained model" means
 
 ENV_AUTO = "TBDPROF_AUTO"  # "1": record this process tree automatically
 ENV_SAMPLE_HZ = "TBDPROF_SAMPLE_HZ"
@@ -95,6 +104,8 @@ RULES: tuple[Rule, ...] = (
     Rule("rank", "a multiprocessing child that joined a process group (torch.multiprocessing.spawn)",
          lambda f: f.joined_group and (f.mp_child or _mp_started(f.argv)) and f.env.get(ENV_RANK_PID) is None),
     Rule("worker", "a multiprocessing child (DataLoader worker, pool process)", lambda f: f.mp_child or _mp_started(f.argv)),
+    Rule("rank", "a process a framework's launcher started that joined a process group (Lightning's ddp)",
+         lambda f: f.joined_group),
     Rule("launcher", "a launcher's agent or driver (torchrun, horovodrun)", lambda f: _is_launcher(f.argv)),
     Rule("helper", "a subprocess of a recording rank", lambda f: f.env.get(ENV_RANK_PID, str(f.pid)) != str(f.pid)),
     Rule("rank", "a training process", lambda f: True),
@@ -114,16 +125,21 @@ def _guarded(method):
         if self.off:
             return None
         try:
-            method(self, *args)
+            return method(self, *args)  # None but for a closure to time (a pre-hook's value replaces the call's arguments)
         except Exception as e:  # noqa: BLE001 - profiling must never break the training
             self.fail(e)
-        return None  # a pre-hook's return value would replace the call's arguments
+        return None
 
     return hook
 
 
 class AutoRecorder:
-    """The global hooks of one process and the :class:`~tbdprof.Profiler` they feed."""
+    """The global hooks of one process and the :class:`~tbdprof.Profiler` they feed.
+
+    The hooks only filter and forward: which module is the trained model
+    (:data:`TRAINED`), with or without gradients, outermost only, never a
+    recomputation inside backward; the step state is :class:`~tbdprof.autostep.AutoSteps`'.
+    """
 
     def __init__(self):
         import torch
@@ -131,15 +147,14 @@ class AutoRecorder:
         self.torch = torch
         self.off = False
         self.prof: Profiler | None = None
-        self.phases = None  # an Instrumentation once the recorder starts
+        self.steps = None  # an AutoSteps once the recorder starts
         self._role_pid = -1
         self._role = ""
-        self._depth = 0  # module forwards in progress: only the outermost is a phase
+        self._depth = 0  # module forwards in progress inside the trained model's (0: none)
+        self._training_fwd = False  # the model's forward in progress has gradients enabled
+        self._fwd_start = 0
         self._opt_depth = 0  # a wrapping optimizer (Horovod's) steps the wrapped one inside
-        self._top = False
-        self._model = None
-        self._optimizer = None  # the first optimizer to step marks the step boundary
-        self._opt_live = None  # the optimizer whose step is being timed
+        self._watched = False
         self._failed = False
         self._handles: list = []
         self._restore: list[Callable[[], None]] = []
@@ -184,16 +199,22 @@ class AutoRecorder:
         _ensure_log_handler()
         log.warning("tbdprof: automatic profiling of this process stopped (%s: %s)", e.__class__.__name__, e)
 
+    def reconsider_role(self) -> None:
+        """Ask the rule table again at the next event (this process just joined a process group)."""
+        self._role_pid = -1
+
     # --- the recorder ----------------------------------------------------------
 
     def _ready(self, training: bool = True) -> bool:
-        """True when this process records ``training`` work (starting the recorder at the first call)."""
+        """True when this process records; only ``training`` work starts the recorder."""
         pid = os.getpid()
-        if pid != self._role_pid:  # first call, or a forked child
+        if pid != self._role_pid:  # first call, a forked child, or a process that joined a group
             self._role_pid, self._role = pid, classify(facts()).role
-        if self._role != "rank" or not training:
+        if self._role != "rank":
             return False
         if self.prof is None:
+            if not training:
+                return False
             self._start()
         return True
 
@@ -205,7 +226,11 @@ class AutoRecorder:
         )
         self.prof.start()
         os.environ[ENV_RANK_PID] = str(os.getpid())
-        self.phases = _phases(self.prof)
+        from .autostep import AutoSteps  # imports torch: not at this module's import, which torch's import may trigger
+
+        self.steps = AutoSteps(self.prof)
+        self.prof.note_coverage(schema.COVERAGE_PHASES, schema.COVERAGE_RECORDED,
+                                "forward, backward and optimizer of the trained model from PyTorch's global hooks")
         excepthook = sys.excepthook
 
         def failed(*exc):
@@ -220,10 +245,24 @@ class AutoRecorder:
         prof = self.prof
         if prof is None or not prof._started or os.getpid() != prof._pid:
             return
-        if prof._step_start is not None:
-            prof._step_start = None
-            prof.step_index -= 1
+        self.steps.close()
+        self._note_coverage()
         prof.close(status="failed" if self._failed else "complete")
+
+    def _note_coverage(self) -> None:
+        prof, steps = self.prof, self.steps
+        ignored = f"; {steps.steps_ignored} optimizer steps with no training before them not counted" if steps.steps_ignored else ""
+        if prof.step_index >= 0:
+            opt = type(steps._step_optimizer).__name__
+            prof.note_coverage(schema.COVERAGE_STEPS, schema.COVERAGE_RECORDED,
+                               f"{prof.step_index + 1} optimizer steps ({opt}) of {type(steps.model).__name__}{ignored}")
+        else:
+            prof.note_coverage(schema.COVERAGE_STEPS, schema.COVERAGE_MISSING,
+                               f"no optimizer step followed a forward of a module it trains{ignored}")
+        if prof.info.world_size > 1 and schema.COVERAGE_COMM not in prof.coverage and steps.model is not None:
+            prof.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_MISSING,
+                               f"the trained model is {type(steps.model).__name__}, not DistributedDataParallel, and no "
+                               "Horovod DistributedOptimizer steps it: its collectives are not recorded")
 
     def stand_down(self) -> None:
         """Make way for the script's own Profiler: remove the hooks, discard this rank's recording."""
@@ -238,81 +277,70 @@ class AutoRecorder:
 
     @_guarded
     def _batch(self, start: int, batch) -> None:
-        if not self._ready(self.torch.is_grad_enabled()):
-            return
-        prof, items = self.prof, _batch_items(batch)
-        if prof._step_start is None:
-            prof.begin_step(items)
-            prof._step_start = start  # the step began when the fetch did
-        elif items is not None:  # gradient accumulation: several batches per step
-            prof._step_items = (prof._step_items or 0) + items
-        prof._record_span(prof.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, clock.now_ns(), None, None)
+        if self._ready(self.torch.is_grad_enabled()):
+            self.steps.fetched(start, clock.now_ns(), batch)
 
     @_guarded
     def _fwd_pre(self, module, args) -> None:
-        self._depth += 1
-        if self._depth == 1 and self._ready(self.torch.is_grad_enabled()):
-            self._top, self._model, self._opt_depth = True, module, 0
-            self.phases._fwd_pre(module, args)
+        if self._depth:
+            self._depth += 1
+            return
+        if self.torch._C._current_graph_task_id() != -1 or not TRAINED.is_trained(module):
+            return  # a loss or metric module, a frozen copy, or recomputation inside backward
+        grad = self.torch.is_grad_enabled()
+        if not self._ready(grad):
+            return
+        self._depth, self._training_fwd = 1, grad
+        if not grad:
+            self._fwd_start = clock.now_ns()
+            return
+        if not self._watched:
+            self._watched = True
+            self._watch(module)
+        self.steps.forward_begin(module, args)
 
     @_guarded
     def _fwd_post(self, module, args, output) -> None:
-        self._depth = max(0, self._depth - 1)
-        if self._depth == 0 and self._top:
-            self._top = False
-            self.phases._fwd_post(module, args, output)
+        if not self._depth:
+            return
+        self._depth -= 1
+        if self._depth:
+            return
+        if self._training_fwd:
+            self.steps.forward_end(output)
+        else:
+            self.steps.eval_forward(self._fwd_start, clock.now_ns())
 
     @_guarded
-    def _opt_pre(self, optimizer, args, kwargs) -> None:
+    def _opt_pre(self, optimizer, args, kwargs):
         self._opt_depth += 1
-        if self._opt_depth > 1 or not self._ready():
-            return
-        if self._optimizer is None:
-            self._optimizer = optimizer
-            self._watch(optimizer)
-        if optimizer is self._optimizer and self.prof._step_start is None:
-            self.prof.begin_step()
-        self._opt_live = optimizer
-        self.phases._opt_pre(optimizer, args, kwargs)
+        if self._opt_depth > 1:
+            return None
+        if not TRAINED.knows(optimizer):  # built before the hooks were in
+            TRAINED.add(optimizer)
+        if self.steps is None and not self._ready(False):
+            return None
+        return self.steps.optimizer_begin(optimizer, args, kwargs)
 
     @_guarded
     def _opt_post(self, optimizer, args, kwargs) -> None:
         self._opt_depth = max(0, self._opt_depth - 1)
-        if self._opt_depth or self._opt_live is not optimizer:
-            return
-        self._opt_live = None
-        if optimizer is self._optimizer:
-            self.phases._opt_post(optimizer, args, kwargs)
-        else:  # a second optimizer (e.g. a GAN's): its phase, not a step boundary
-            self.phases._close_optimizer()
+        if not self._opt_depth and self.steps is not None:
+            self.steps.optimizer_end(optimizer)
 
-    def _watch(self, optimizer) -> None:
-        """Memory breakdown and comm spans of the model that ran forward, if ``optimizer`` trains it."""
-        model = self._model
-        if model is None:
-            return
-        params = {id(p) for p in model.parameters()}
-        if not any(id(p) in params for g in optimizer.param_groups for p in g["params"]):
-            return
+    def _watch(self, model) -> None:
+        """Memory breakdown and comm spans of the trained model, with the optimizers that update it."""
+        optimizers = TRAINED.optimizers_of(model)
         ddp_info = getattr(model, "_get_ddp_logging_data", None)
         if ddp_info is not None and ddp_info().get("comm_hook"):
-            model = model.module  # the script registered its own comm hook: memory only
-        self.prof.watch(model, optimizer)
-
-
-def _phases(prof: Profiler):
-    """:class:`~tbdprof.phase_hooks.Instrumentation`'s phase methods on ``prof``, without its per-object hooks."""
-    from .phase_hooks import Instrumentation
-
-    class Phases(Instrumentation):
-        def __init__(self, prof: Profiler):
-            self.prof, self._device, self._handles = prof, False, []
-            self._fwd = self._bwd = self._opt = None
-
-    return Phases(prof)
+            self.prof.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_MISSING,
+                                    "DDP model seen, but the script registered its own comm hook: its buckets are not timed")
+            model = model.module
+        self.prof.watch(model, optimizers)
 
 
 _recorder: AutoRecorder | None = None
+_undo_trained: Callable[[], None] | None = None
 
 
 def install() -> AutoRecorder | None:
@@ -322,12 +350,15 @@ def install() -> AutoRecorder | None:
     rank by joining a process group (``torch.multiprocessing.spawn``), and a
     spawned child imports torch before it knows it is a child.
     """
-    global _recorder
+    global _recorder, _undo_trained
     if _recorder is not None:
         return _recorder
     f = facts()
-    if f.env.get(ENV_AUTO) == "1" and f.env.get(ENV_RANK_PID) is None:
+    if f.env.get(ENV_AUTO) == "1":
         _install_on_join()
+        if _undo_trained is None:  # before any optimizer is built, in every process that may become a rank
+            _undo_trained = TRAINED.install()
+            profiler.on_start(yield_to)
     if classify(f).role != "rank":
         return None
     rec = AutoRecorder()
@@ -354,6 +385,8 @@ def _install_on_join() -> None:
         global _joined_pid
         try:
             _joined_pid = os.getpid()
+            if _recorder is not None:
+                _recorder.reconsider_role()
             install()
         except Exception as e:  # noqa: BLE001 - profiling must never break the training
             _ensure_log_handler()

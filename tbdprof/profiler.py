@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from . import clock, cuda, envinfo, ranks, schema, store
 from .sampling import Sampling
@@ -34,6 +34,17 @@ from .writer import Buffers, SegmentWriter
 
 log = logging.getLogger("tbdprof")
 _NULL = contextlib.nullcontext()
+_start_observers: list[Callable[["Profiler"], None]] = []
+
+
+def on_start(observer: Callable[["Profiler"], None]) -> None:
+    """Call ``observer(profiler)`` whenever a Profiler starts (before it records anything).
+
+    ``tbdprof profile``'s automatic recorder uses it to stand down when the
+    script starts a Profiler of its own.
+    """
+    if observer not in _start_observers:
+        _start_observers.append(observer)
 
 
 class RunDirError(ValueError):
@@ -86,7 +97,9 @@ class _Phase:
         return self
 
     def __exit__(self, *exc):
-        self.prof._spans.append((self.prof.step_index, self.name, self.kind, self.start, clock.now_ns(), self.nbytes, None))
+        prof = self.prof
+        prof._spans.append((prof.step_index, self.name, self.kind, self.start, clock.now_ns(), self.nbytes, None))
+        prof._kinds_seen.add(self.kind)
         return False
 
 
@@ -143,7 +156,10 @@ class Profiler:
         self.enabled = enabled
         self.metadata = dict(metadata or {})
         self.clock_sync = clock_sync
-        self.info = ranks.detect()
+        try:
+            self.info, self._env_error = ranks.detect(), None
+        except ranks.LaunchEnvError as e:  # a process group joined later may complete it (start())
+            self.info, self._env_error = ranks.RankInfo(0, 1, 0, 1, "none", socket.gethostname(), os.getpid()), e
         self.step_index = -1
         self.run_dir: Path | None = None
         self.rank_dir: Path | None = None
@@ -154,6 +170,10 @@ class Profiler:
         self._step_start: int | None = None
         self._step_items: int | None = None
         self._step_units: int | None = None
+        self._last_step_end: int | None = None
+        self._step_observers: list[Callable[[int], None]] = []
+        self._kinds_seen: set[str] = set()  # span kinds recorded, for the coverage defaults
+        self.coverage: dict[str, dict[str, str]] = {}
         self._trackers: list = []
         self._pending = None  # Horovod's comm spans
         self._cuda: cuda.CudaPending | None = None  # CUDA-event-timed spans (device phases, NCCL buckets)
@@ -190,15 +210,18 @@ class Profiler:
 
     def start(self) -> "Profiler":
         """Create the rank folder, write rank.json, start the sampler and writer threads."""
-        from .autoprofile import yield_to
-
-        yield_to(self)  # under `tbdprof profile`, the script's own Profiler replaces the automatic one
+        for observer in list(_start_observers):
+            observer(self)
         if self._started or not self.enabled:
             return self
         _ensure_log_handler()
         dist = _dist()
-        if self.info.launcher == "none" and dist is not None and dist.get_world_size() > 1:
+        if dist is not None and (self.info.launcher == "none" or self._env_error is not None):
+            # A framework's launcher (Lightning's ddp, mp.spawn) or init_process_group(rank=, world_size=)
+            # leaves the environment unset or half set; the process group it joined is the truth.
             self.info = ranks.from_process_group(dist, self._gloo_group(dist))
+        elif self._env_error is not None:
+            raise self._env_error
         self.run_dir = self._resolve_run_dir()
         self.run_id = self.run_dir.name
         self.rank_dir = store.rank_dir(self.run_dir, self.info.host, self.info.rank)
@@ -288,6 +311,7 @@ class Profiler:
         self._closed = True
         if self._step_start is not None:
             self._end_step()
+        self._cover_defaults()
         # Only a clean end syncs clocks: it is collective, and after a failure
         # or a signal the peers may be gone.
         if self.clock_sync and status == "complete":
@@ -309,7 +333,38 @@ class Profiler:
             sampler_cpu_s=self._sampler.cpu_s,
             sampler_ticks=self._sampler.ticks,
         )
+        self._meta[schema.COVERAGE_FILE_KEY] = self.coverage
         self._write_rank_json()
+
+    # --- coverage: what this recording saw, and what it could not -----------------
+
+    def note_coverage(self, item: str, state: str, how: str) -> None:
+        """Say how ``item`` (one of :data:`tbdprof.schema.COVERAGE_ITEMS`) was recorded, or why it was not.
+
+        Written into ``rank.json``; ``report`` and ``diagnose`` open with it.
+        Items nobody noted get a default from what was recorded when the
+        Profiler closes.
+        """
+        if item not in schema.COVERAGE_ITEMS or state not in schema.COVERAGE_STATES:
+            raise ValueError(f"coverage item {item!r} / state {state!r}: see tbdprof.schema.COVERAGE_ITEMS and COVERAGE_STATES")
+        self.coverage[item] = {"state": state, "how": how}
+
+    def _cover_defaults(self) -> None:
+        rec, miss = schema.COVERAGE_RECORDED, schema.COVERAGE_MISSING
+        steps = self.step_index + 1
+        defaults = {
+            schema.COVERAGE_STEPS: (rec, f"{steps} steps") if steps else (miss, "no step was recorded"),
+            schema.COVERAGE_PHASES: (rec, "phase spans") if schema.KIND_PHASE in self._kinds_seen
+            else (miss, "no phase was timed (prof.phase(), prof.loader() or tbdprof.instrument())"),
+            schema.COVERAGE_COMM: (rec, "collectives timed with prof.comm()") if schema.KIND_COMM in self._kinds_seen
+            else (schema.COVERAGE_NOT_APPLICABLE, "one rank: no collectives") if self.info.world_size == 1
+            else (miss, "no collective was recorded: watch() a DistributedDataParallel model or a Horovod "
+                        "DistributedOptimizer, or time collectives with prof.comm()"),
+            schema.COVERAGE_MEMORY: (rec, "memory breakdown of the watched model") if self._trackers
+            else (miss, "no model was watched (prof.watch(model, optimizer))"),
+        }
+        for item, (state, how) in defaults.items():
+            self.coverage.setdefault(item, {"state": state, "how": how})
 
     def _write_rank_json(self) -> None:
         if self._writer is not None and self._writer.failed:
@@ -367,16 +422,36 @@ class Profiler:
 
     def mark(self, name: str, start_ns: int, end_ns: int, nbytes: int | None = None) -> None:
         """Record a span timed elsewhere (timestamps from :func:`tbdprof.clock.now_ns`)."""
-        self._spans.append((self.step_index, name, schema.KIND_MARK, start_ns, end_ns, nbytes, None))
+        self._record_span(self.step_index, name, schema.KIND_MARK, start_ns, end_ns, nbytes, None)
 
     def _record_span(self, step, name, kind, start, end, nbytes, items) -> None:
         self._spans.append((step, name, kind, start, end, nbytes, items))
+        self._kinds_seen.add(kind)
 
-    def begin_step(self, items: int | None = None, units: int | None = None) -> int:
+    def add_span(self, name: str, kind: str, start_ns: int, end_ns: int, nbytes: int | None = None,
+                 step: int | None = None) -> None:
+        """Record a span timed elsewhere, in ``step`` (default: the current step)."""
+        self._record_span(self.step_index if step is None else step, name, kind, start_ns, end_ns, nbytes, None)
+
+    # --- steps: the public step API ---------------------------------------------------
+
+    @property
+    def step_open(self) -> bool:
+        """True while a step is open (between :meth:`begin_step` and :meth:`end_step`)."""
+        return self._step_start is not None
+
+    @property
+    def last_step_end_ns(self) -> int | None:
+        """When the last closed step ended (None before the first)."""
+        return self._last_step_end
+
+    def begin_step(self, items: int | None = None, units: int | None = None, start_ns: int | None = None) -> int:
         """Close the open step (if any) and open the next one; returns its index.
 
         ``items`` counts the step's samples; ``units`` its tokens or frames,
-        for workloads whose throughput is counted in those."""
+        for workloads whose throughput is counted in those. ``start_ns`` (from
+        :func:`tbdprof.clock.now_ns`) dates the start earlier than now, e.g. to
+        the fetch of its batch."""
         if not self.enabled:
             self.step_index += 1
             return self.step_index
@@ -384,12 +459,21 @@ class Profiler:
         if self._step_start is not None:
             self._end_step(now)
         self.step_index += 1
-        self._step_start = now
+        self._step_start = now if start_ns is None else start_ns
         self._step_items = items
         self._step_units = units
         return self.step_index
 
-    def end_step(self, items: int | None = None, units: int | None = None) -> None:
+    def add_items(self, items: int | None = None, units: int | None = None) -> None:
+        """Add samples (and tokens or frames) to the open step: a gradient-accumulation micro-batch."""
+        if self._step_start is None:
+            return
+        if items is not None:
+            self._step_items = (self._step_items or 0) + items
+        if units is not None:
+            self._step_units = (self._step_units or 0) + units
+
+    def end_step(self, items: int | None = None, units: int | None = None, end_ns: int | None = None) -> None:
         """Close the open step, with the samples (and tokens or frames) it processed."""
         if not self.enabled:
             return
@@ -398,7 +482,17 @@ class Profiler:
         if units is not None:
             self._step_units = units
         if self._step_start is not None:
-            self._end_step()
+            self._end_step(end_ns)
+
+    def discard_step(self) -> None:
+        """Drop the open step: it trained nothing (a batch fetched at the end, never used)."""
+        if self._step_start is not None:
+            self._step_start = self._step_items = self._step_units = None
+            self.step_index -= 1
+
+    def on_step_end(self, observer: Callable[[int], None]) -> None:
+        """Call ``observer(step)`` on the training thread each time a step closes."""
+        self._step_observers.append(observer)
 
     def _end_step(self, now: int | None = None) -> None:
         end = clock.now_ns() if now is None else now
@@ -406,10 +500,9 @@ class Profiler:
                             self._step_items, self._step_units))
         self._step_start = None
         self._step_units = None
-        for t in self._trackers:
-            row = t.take_row(self.step_index)
-            if row is not None:
-                self._memory.append(row)
+        self._last_step_end = end
+        for observer in self._step_observers:
+            observer(self.step_index)
 
     def step(self, items: int | None = None) -> "_StepContext":
         """``with prof.step(items=batch_size): ...`` times one whole step."""
@@ -434,10 +527,8 @@ class Profiler:
             except StopIteration:
                 return
             end = clock.now_ns()
-            self.step_index += 1
-            self._step_start = start
-            self._step_items = _batch_items(batch)
-            self._spans.append((self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None))
+            self.begin_step(_batch_items(batch), start_ns=start)
+            self._record_span(self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None)
             yield batch
 
     # --- model hooks ----------------------------------------------------------
@@ -455,20 +546,34 @@ class Profiler:
 
         inner = getattr(model, "module", model)
         optimizers = [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
-        self._trackers.append(MemoryTracker(inner, optimizers, self._rss, lambda: self.step_index, self._measure_memory))
+        tracker = MemoryTracker(inner, optimizers, self._rss, lambda: self.step_index, self._measure_memory)
+        if not self._trackers:
+            self.on_step_end(self._take_memory_rows)
+        self._trackers.append(tracker)
+        self.note_coverage(schema.COVERAGE_MEMORY, schema.COVERAGE_RECORDED, f"breakdown of {type(inner).__name__} "
+                           f"({tracker.weights} bytes of weights), sampled every {self.memory_every} steps")
         if hasattr(model, "register_comm_hook") and _dist() is not None:
             from .comm import make_allreduce_hook
 
             try:
                 model.register_comm_hook(None, make_allreduce_hook(self._record_span, lambda: self.step_index, self._cuda_pending()))
+                self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_RECORDED, "DDP gradient buckets (comm hook)")
             except (RuntimeError, ValueError) as e:  # e.g. a hook is already registered
                 log.warning("tbdprof: no communication spans (%s)", e)
+                self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_MISSING, f"DDP model seen, no comm hook: {e}")
         from .horovod import HorovodComm, is_horovod_optimizer
 
         for opt in optimizers:
             if is_horovod_optimizer(opt):
                 self._pending = HorovodComm(opt, self._record_span, lambda: self.step_index)
+                self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_RECORDED, "Horovod DistributedOptimizer allreduces")
                 break
+
+    def _take_memory_rows(self, step: int) -> None:
+        for t in self._trackers:
+            row = t.take_row(step)
+            if row is not None:
+                self._memory.append(row)
 
     def _measure_memory(self, step: int) -> bool:
         return step <= self.warmup_steps + 1 or step % self.memory_every == 0

@@ -95,6 +95,9 @@ STANDARD_PHASES = (
     PHASE_COMM,
 )
 COMM_ALLREDUCE = "allreduce"
+COMM_ALLGATHER = "all_gather"  # FSDP's parameter gathers
+COMM_REDUCE_SCATTER = "reduce_scatter"  # FSDP's gradient reductions
+MARK_EVAL = "eval"  # an evaluation pass between training steps (forwards without gradients)
 
 # Columns added after version 1 files were first written: readers fill them
 # with nulls in older segments instead of rejecting those.
@@ -172,6 +175,23 @@ METRICS: dict[str, Metric] = {
         _m("recorder.dropped", "count", "process", "records dropped by the recorder", True),
     )
 }
+
+# --- coverage: what a rank's recording saw, and what it could not ----------------
+
+# ``rank.json`` holds ``"coverage": {item: {"state": ..., "how": "..."}}`` for each
+# of COVERAGE_ITEMS: how the item was recorded, or why it was not ("DDP model
+# seen, the script registered its own comm hook"). A store written before
+# coverage existed has no key; readers call its items unknown.
+COVERAGE_FILE_KEY = "coverage"
+COVERAGE_STEPS = "steps"
+COVERAGE_PHASES = "phases"
+COVERAGE_COMM = "comm"
+COVERAGE_MEMORY = "memory"
+COVERAGE_ITEMS = (COVERAGE_STEPS, COVERAGE_PHASES, COVERAGE_COMM, COVERAGE_MEMORY)
+COVERAGE_RECORDED = "recorded"  # seen and recorded
+COVERAGE_MISSING = "missing"  # there to see, not recorded: a gap the reader must be told about
+COVERAGE_NOT_APPLICABLE = "not_applicable"  # nothing to record (one rank: no collectives)
+COVERAGE_STATES = (COVERAGE_RECORDED, COVERAGE_MISSING, COVERAGE_NOT_APPLICABLE)
 
 # --- file metadata and layout -----------------------------------------------------
 

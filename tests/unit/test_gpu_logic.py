@@ -331,7 +331,7 @@ def test_instrumented_phases_are_event_timed_when_the_model_is_on_a_gpu(tmp_path
 
     import tbdprof
 
-    monkeypatch.setattr(importlib.import_module("tbdprof.phase_hooks"), "on_gpu", lambda module: True)
+    monkeypatch.setattr(importlib.import_module("tbdprof.phases"), "on_gpu", lambda module: True)
     prof = tbdprof.Profiler(out=tmp_path, run_id="r", samplers=[], clock_sync=False)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
