@@ -45,6 +45,14 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _platform() -> str:
+    """``platform.platform()``'s string, without its ``warnings.catch_warnings()``: leaving that block resets
+    the warnings registry, so a warning the script had already shown once would be printed again."""
+    u = platform.uname()
+    libc = os.confstr("CS_GNU_LIBC_VERSION") if "CS_GNU_LIBC_VERSION" in os.confstr_names else None
+    return f"{u.system}-{u.release}-{u.machine}" + (f"-with-{libc.replace(' ', '')}" if libc else "")
+
+
 def _torch_info() -> dict[str, Any]:
     torch = sys.modules.get("torch")
     if torch is None:
@@ -94,7 +102,7 @@ def capture(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
     info: dict[str, Any] = {
         "python": platform.python_version(),
-        "platform": platform.platform(),
+        "platform": _platform(),
         "hostname": platform.node(),
         "cpu_model": _cpu_model(),
         "cpu_logical": psutil.cpu_count(logical=True),

@@ -16,8 +16,22 @@ import torch
 from . import clock
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t``: the local shard of a DTensor (FSDP2's parameters), else ``t``."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t
+
+
 def _nbytes(t: torch.Tensor) -> int:
+    t = _local(t)
     return t.numel() * t.element_size()
+
+
+def _storage_ptr(t: torch.Tensor) -> int | None:
+    try:
+        return _local(t).untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):  # a freed or unsharded-on-demand storage
+        return None
 
 
 def _state_tensors(optimizer: torch.optim.Optimizer):
@@ -50,7 +64,7 @@ class MemoryTracker:
         params = [p for p in model.parameters()]
         self.params = params
         self.weights = sum(_nbytes(p) for p in params)
-        self._param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+        self._param_ptrs = {_storage_ptr(p) for p in params} - {None}
         self.device = params[0].device if params else torch.device("cpu")
         self._seen: set[int] = set()
         self.activations = 0
@@ -73,10 +87,7 @@ class MemoryTracker:
     # --- forward: count what autograd saves --------------------------------
 
     def _pack(self, t: torch.Tensor):
-        try:
-            ptr = t.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):
-            return t
+        ptr = _storage_ptr(t)
         if ptr and ptr not in self._seen and ptr not in self._param_ptrs:
             self._seen.add(ptr)
             self.activations += t.untyped_storage().nbytes()

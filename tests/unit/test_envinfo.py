@@ -1,5 +1,8 @@
 """Environment capture: allow-list and secret redaction."""
 
+import subprocess
+import sys
+
 from tbdprof.envinfo import REDACTED, capture, filtered_env
 
 
@@ -23,3 +26,17 @@ def test_capture_has_versions_threads_and_hardware(monkeypatch):
     assert info["cpu_logical"] >= 1
     assert info["env"]["OMP_NUM_THREADS"] == "3"
     assert "s3cr3t" not in str(capture({"x": 1}))
+
+
+def test_capture_leaves_the_scripts_warnings_shown_once():
+    # platform.platform() leaves a warnings.catch_warnings() block, which resets the registry of warnings
+    # already shown: a script's warning printed before the recorder started would print again after it.
+    code = ("import warnings\n"
+            "from tbdprof import envinfo\n"
+            "def warn(): warnings.warn('shown once')\n"
+            "warn()\n"
+            "envinfo.capture()  # as the recorder starts, at the first training event\n"
+            "warn()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("UserWarning: shown once") == 1, proc.stderr

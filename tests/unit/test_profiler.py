@@ -115,6 +115,58 @@ def test_instrument_records_phases_without_phase_blocks(tmp_path, no_launcher):
     assert order == ["forward", "backward", "optimizer"]
 
 
+def _phases_inside_steps(rows) -> list:
+    """Phases that overlap another phase or leave their step (none, in a correct recording)."""
+    return duckdb.sql(
+        "WITH p AS (SELECT * FROM rows WHERE kind = 'phase'), s AS (SELECT * FROM rows WHERE kind = 'step') "
+        "SELECT p.step, p.name FROM p JOIN s USING (step) WHERE p.start_ns < s.start_ns OR p.end_ns > s.end_ns "
+        "UNION ALL SELECT a.step, a.name FROM p a JOIN p b ON a.step = b.step AND a.start_ns < b.start_ns "
+        "AND a.end_ns > b.start_ns").fetchall()
+
+
+def test_instrument_closure_accumulation_and_eval(tmp_path, no_launcher):
+    """LBFGS-style closures (forward and backward inside optimizer.step), two micro-batches per step,
+    a loss module, and an evaluation forward under no_grad: phases in order, never overlapping."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = nn.CrossEntropyLoss()
+    prof = tbdprof.Profiler(out=tmp_path, run_id="c", flush_s=5)
+    batches = _batches(n=6)
+    with prof:
+        tbdprof.instrument(prof, model, opt)
+        for i in range(3):
+            def closure():
+                opt.zero_grad()
+                for x, y in batches[2 * i:2 * i + 2]:
+                    criterion(model(x), y).backward()
+            opt.step(closure)
+            with torch.no_grad():
+                model(batches[0][0])  # evaluation: no phase
+    rows = _read(tmp_path / "c", "spans")
+    order = duckdb.sql("SELECT list(name ORDER BY start_ns) FROM rows WHERE step = 1 AND kind = 'phase'").fetchall()[0][0]
+    assert order == ["forward", "backward", "forward", "backward", "optimizer"]
+    assert duckdb.sql("SELECT count(*) FROM rows WHERE kind = 'step'").fetchall()[0][0] == 3
+    assert _phases_inside_steps(rows) == []
+
+
+def test_half_set_launcher_environment_is_completed_by_the_process_group(tmp_path, no_launcher, monkeypatch):
+    """Lightning's own ddp launcher sets WORLD_SIZE without RANK: not an error once a process group says who we are."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    prof = tbdprof.Profiler(out=tmp_path, run_id="pg")
+    with pytest.raises(tbdprof.ranks.LaunchEnvError, match="WORLD_SIZE is set but RANK is not"):
+        prof.start()  # no process group: the half-set environment is an error
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        with tbdprof.Profiler(out=tmp_path, run_id="pg2") as prof:
+            pass
+        meta = json.loads(next((tmp_path / "pg2").glob("host=*/rank=0/rank.json")).read_text())
+        assert (meta["launcher"], meta["world_size"]) == ("torch.distributed", 1)  # not "none": mp.spawn with one rank
+    finally:
+        dist.destroy_process_group()
+
+
 def test_instrument_stays_callable(tmp_path, no_launcher):
     """Importing the hooks' module must not replace the package's ``instrument`` function with it."""
     model = _model()
