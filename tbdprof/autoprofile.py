@@ -183,6 +183,17 @@ class AutoRecorder:
 
         iter_cls.__next__ = __next__
         self._restore.append(lambda: setattr(iter_cls, "__next__", next_batch))
+        from torch.amp.grad_scaler import GradScaler
+
+        update = GradScaler.update
+
+        def scaler_update(scaler, *args, **kwargs):
+            result = update(scaler, *args, **kwargs)
+            self._scaler_updated()
+            return result
+
+        GradScaler.update = scaler_update
+        self._restore.append(lambda: setattr(GradScaler, "update", update))
 
     def remove(self) -> None:
         """Take every hook out (idempotent)."""
@@ -245,13 +256,19 @@ class AutoRecorder:
         prof = self.prof
         if prof is None or not prof._started or os.getpid() != prof._pid:
             return
-        self.steps.close()
-        self._note_coverage()
+        try:
+            self.steps.close()
+            self._note_coverage()
+        except Exception as e:  # noqa: BLE001 - what was recorded is closed all the same
+            _ensure_log_handler()
+            log.warning("tbdprof: the last step was not closed cleanly (%s: %s)", e.__class__.__name__, e)
         prof.close(status="failed" if self._failed else "complete")
 
     def _note_coverage(self) -> None:
         prof, steps = self.prof, self.steps
         ignored = f"; {steps.steps_ignored} optimizer steps with no training before them not counted" if steps.steps_ignored else ""
+        if steps.steps_skipped:
+            ignored += f"; {steps.steps_skipped} of them skipped by the GradScaler (inf gradients)"
         if prof.step_index >= 0:
             opt = type(steps._step_optimizer).__name__
             prof.note_coverage(schema.COVERAGE_STEPS, schema.COVERAGE_RECORDED,
@@ -327,6 +344,11 @@ class AutoRecorder:
         self._opt_depth = max(0, self._opt_depth - 1)
         if not self._opt_depth and self.steps is not None:
             self.steps.optimizer_end(optimizer)
+
+    @_guarded
+    def _scaler_updated(self) -> None:
+        if self.steps is not None:
+            self.steps.iteration_end()
 
     def _watch(self, model) -> None:
         """Memory breakdown and comm spans of the trained model, with the optimizers that update it."""

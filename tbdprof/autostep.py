@@ -15,6 +15,8 @@ optimizer step) into the Profiler's steps, through its public step API.
   script's own work between optimizer steps (logging, a ``time.sleep``,
   checkpoints) is the step's time outside its phases, as wall-clock
   throughput counts it. The first step begins at the first training event.
+  A step whose optimizer step a ``GradScaler`` skipped (inf gradients)
+  ends at ``scaler.update()``.
 - **Evaluation passes are not training**: forwards of a trained module
   without gradients between steps are an ``eval`` mark (step -1) and the next
   step begins when the pass ends; the batches fetched for it are dropped.
@@ -56,6 +58,7 @@ class AutoSteps:
         self._live = None  # the optimizer whose phase is open
         self.model = None  # the trained module of the last training forward
         self.steps_ignored = 0  # optimizer steps with no training work before them
+        self.steps_skipped = 0  # steps whose optimizer step a GradScaler skipped
 
     def _emit(self, name: str, start: int, end: int) -> None:
         self._spans.append((name, start, end))
@@ -140,6 +143,15 @@ class AutoSteps:
         now = clock.now_ns()
         self.phases.close(now)
         if optimizer is self._step_optimizer:
+            self._end_step(now)
+
+    def iteration_end(self) -> None:
+        """The script says an iteration is over (``GradScaler.update()``): a step whose optimizer step the
+        scaler skipped (inf or NaN gradients) ends here, instead of merging with the next."""
+        if self._trained and self._live is None:
+            now = clock.now_ns()
+            self.phases.close(now)
+            self.steps_skipped += 1
             self._end_step(now)
 
     def _end_step(self, now: int) -> None:

@@ -77,6 +77,18 @@ def test_plain_python_with_loader_workers(tmp_path):
     assert len(lines) == 2 and "profiling into" in lines[0] and "exit code 0" in lines[1], proc.stderr
 
 
+def test_steps_a_grad_scaler_skips_stay_steps_of_their_own(tmp_path):
+    """bf16 autocast with a GradScaler whose inf gradients skip two optimizer steps: eight iterations, eight steps."""
+    proc, run_dir = profile(tmp_path, sys.executable, SCRIPTS / "train_amp.py", "--steps", "8", "--inf-at", "2", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "applied 6" in proc.stdout, proc.stdout  # the scaler did skip two
+    meta = json.loads(next(run_dir.glob("host=*/rank=0/rank.json")).read_text())
+    assert meta["steps"] == script_steps(proc.stdout)[0] == 8
+    assert "2 of them skipped by the GradScaler" in meta[schema.COVERAGE_FILE_KEY][schema.COVERAGE_STEPS]["how"]
+    s = report(run_dir)
+    assert sum(v for k, v in s["phase_fraction"].items() if k != "other") <= 1.0 + 1e-9, s["phase_fraction"]
+
+
 def test_torchrun_ddp(tmp_path):
     proc, run_dir = profile(tmp_path, BIN / "torchrun", "--nproc-per-node", "2", "--master-port", free_port(),
                             SCRIPTS / "train.py", "--steps", "6")
