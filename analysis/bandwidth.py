@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from tbdprof import schema
+
 from .breakdown import coverage_ns, steady_comm
 from .load import Run
 from .timeline import counter_rates
@@ -22,9 +24,9 @@ NET_METRICS = ("net.bytes_sent", "net.bytes_recv")
 
 # nccl-tests' bus-bandwidth factors, by collective name.
 BUS_FACTORS = {
-    "allreduce": lambda n: 2 * (n - 1) / n,
-    "allgather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
+    schema.COMM_ALLREDUCE: lambda n: 2 * (n - 1) / n,
+    schema.COMM_ALLGATHER: lambda n: (n - 1) / n,
+    schema.COMM_REDUCE_SCATTER: lambda n: (n - 1) / n,
     "alltoall": lambda n: (n - 1) / n,
     "broadcast": lambda n: 1.0,
     "reduce": lambda n: 1.0,

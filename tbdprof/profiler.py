@@ -175,7 +175,7 @@ class Profiler:
         self._kinds_seen: set[str] = set()  # span kinds recorded, for the coverage defaults
         self.coverage: dict[str, dict[str, str]] = {}
         self._trackers: list = []
-        self._pending = None  # Horovod's comm spans
+        self._pending: list = []  # comm spans completed off the training thread (Horovod's, FSDP's)
         self._cuda: cuda.CudaPending | None = None  # CUDA-event-timed spans (device phases, NCCL buckets)
         self._sampler: Sampling | None = None
         self._writer: SegmentWriter | None = None
@@ -377,7 +377,7 @@ class Profiler:
             self._rank_json_failed = True
 
     def _resolve_pending(self, force: bool = False) -> None:
-        for pending in (self._pending, self._cuda):
+        for pending in (*self._pending, self._cuda):
             if pending is not None:
                 pending.resolve(force=force)
 
@@ -536,7 +536,8 @@ class Profiler:
     def watch(self, model, optimizer=None) -> None:
         """Record the memory breakdown of ``model`` and ``optimizer`` (see ``memory_every``) and, when
         ``model`` is DistributedDataParallel, its gradient allreduce buckets as comm spans
-        (for a Horovod ``DistributedOptimizer``, its per-gradient allreduces).
+        (for a Horovod ``DistributedOptimizer``, its per-gradient allreduces; for an FSDP2 model,
+        its all-gathers and reduce-scatters). Says what it saw in :attr:`coverage`.
 
         ``optimizer`` may be a list, for models trained by several (a GAN's generator and critic).
         """
@@ -565,9 +566,20 @@ class Profiler:
 
         for opt in optimizers:
             if is_horovod_optimizer(opt):
-                self._pending = HorovodComm(opt, self._record_span, lambda: self.step_index)
+                self._pending.append(HorovodComm(opt, self._record_span, lambda: self.step_index))
                 self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_RECORDED, "Horovod DistributedOptimizer allreduces")
                 break
+        from .fsdp import FsdpComm, is_fsdp_model
+
+        if is_fsdp_model(model):
+            fsdp = FsdpComm(model, self._record_span, lambda: self.step_index, self._cuda_pending())
+            if fsdp.groups:
+                self._pending.append(fsdp)
+                self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_RECORDED,
+                                   f"FSDP2 all-gathers and reduce-scatters of {fsdp.groups} parameter groups")
+            else:
+                self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_MISSING,
+                                   "FSDP2 model seen, but its communication could not be wrapped (see the warning)")
 
     def _take_memory_rows(self, step: int) -> None:
         for t in self._trackers:
