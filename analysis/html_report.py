@@ -15,6 +15,7 @@ from tbdprof import schema
 from . import plots
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
 from .gpu import GPU_TABLE_HEADER, gpu_table_rows
+from .coverage import coverage_lines
 from .load import Run
 from .steps import step_series
 from .timeline import metric_series, span_series
@@ -24,9 +25,11 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em;border-bottom:1px solid #d
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
 td:first-child,th:first-child{text-align:left}.diff{background:#fff3cd}.note{color:#8a6d3b}
 .kpi{display:inline-block;margin:0 2em 1em 0}.kpi b{display:block;font-size:1.6em}figure{margin:1em 0}
-figure svg{max-width:100%;height:auto}nav a{margin-right:1em}"""
+figure svg{max-width:100%;height:auto}nav a{margin-right:1em}
+.coverage td{text-align:left}.cov-mark{font-weight:bold;width:1.5em}.cov-recorded .cov-mark{color:#2e7d32}
+.cov-missing .cov-mark,.cov-missing .cov-how{color:#c62828}.cov-unknown .cov-mark{color:#8a6d3b}"""
 
-SECTIONS = ("Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O", "Environment", "Ranks")
+SECTIONS = ("Coverage", "Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O", "Environment", "Ranks")
 
 
 def _esc(x) -> str:
@@ -81,8 +84,27 @@ def _overview(summary: dict) -> list[str]:
     return out
 
 
+def _coverage(summary: dict) -> list[str]:
+    """What the recording saw, before any figure: one row per item, ✓ / ✗ and how or why not."""
+    cov = summary.get("coverage") or {}
+    out = [_section("Coverage")]
+    rows = "".join(
+        f'<tr class="cov-{_esc(e["state"])}"><td class="cov-mark">{_esc(symbol)}</td><td>{_esc(item)}</td>'
+        f'<td class="cov-how">{_esc(text)}</td></tr>'
+        for (symbol, item, text), e in zip(coverage_lines(cov), cov.values()))
+    out.append(f'<table class="coverage">{rows}</table>' if rows else '<p class="note">coverage: unknown.</p>')
+    gaps = [item for item, e in cov.items() if e["state"] not in (schema.COVERAGE_RECORDED, schema.COVERAGE_NOT_APPLICABLE)]
+    if gaps:
+        out.append(f'<p class="note">Figures that need {_esc(", ".join(gaps))} are incomplete or absent in this report '
+                   f'(✗ missing: there to see, not recorded; ? unknown: this recording does not say).</p>')
+    return out
+
+
 def _breakdown(summary: dict) -> list[str]:
     out = [_section("Step breakdown")]
+    if not summary["breakdown"]:
+        out.append('<p class="note">no steps recorded.</p>')
+        return out
     bars = {f"rank {r}": b["stack_s_per_step"] for r, b in summary["breakdown"].items()}
     out.append(_figure(plots.stacked_bars(bars, "ms per step: phases, exposed comm outside phases, idle", "ms per step", 1e-3),
                        "step breakdown per rank"))
@@ -188,6 +210,15 @@ def _environment(summary: dict) -> list[str]:
     return out
 
 
+def _subject(run_meta: dict) -> str:
+    """``workload W, preset P``; for a ``tbdprof profile`` run (no workload) the command it profiled."""
+    if not run_meta.get("workload") and run_meta.get("command_line"):
+        return f"command <code>{_esc(run_meta['command_line'])}</code>"
+    if not run_meta.get("workload"):
+        return "no workload"
+    return f"workload {_esc(run_meta.get('workload'))}, preset {_esc(run_meta.get('preset') or '-')}"
+
+
 def render_html(run: Run, summary: dict) -> str:
     """The report as one HTML string."""
     run_meta = summary["run"]
@@ -195,10 +226,10 @@ def render_html(run: Run, summary: dict) -> str:
     nav = "".join(f'<a href="#{_slug(s)}">{_esc(s)}</a>' for s in SECTIONS)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",
-             f"<p>workload {_esc(run_meta.get('workload'))}, preset {_esc(run_meta.get('preset'))}, {summary['world_size']} ranks on "
+             f"<p>{_subject(run_meta)}, {summary['world_size']} ranks on "
              f"{len(summary['hosts'])} host(s): {_esc(', '.join(summary['hosts']))}; generated {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
              f"<nav>{nav}</nav>"]
-    parts += _overview(summary)
+    parts += _coverage(summary) + _overview(summary)
     parts.append(_section("Step time"))
     parts.append(_figure(plots.lines(step_series(run), "step time", "s since run start", "ms", 1e-3), "step time over the run"))
     parts += _breakdown(summary) + _utilization(run, summary) + _memory(run, summary) + _network(run, summary)

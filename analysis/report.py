@@ -4,7 +4,7 @@ self-contained ``report.html``.
 
 Each figure comes from its own module (:mod:`.steps`, :mod:`.breakdown`,
 :mod:`.utilization`, :mod:`.memory`, :mod:`.bandwidth`, :mod:`.dataio`,
-:mod:`.environment`); rendering lives in :mod:`.terminal` and
+:mod:`.environment`, :mod:`.coverage`); rendering lives in :mod:`.terminal` and
 :mod:`.html_report`.
 """
 
@@ -18,6 +18,7 @@ from tbdprof import schema, store
 
 from .bandwidth import collective_bandwidth, network_usage
 from .breakdown import phase_breakdown
+from .coverage import run_coverage, summary_coverage
 from .dataio import io_figures
 from .environment import environment_table
 from .gpu import gpu_figures
@@ -70,11 +71,12 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
     expected = run.world_size
     missing = sorted(set(range(expected)) - set(run.ranks))
     not_complete = [r["rank"] for r in ranks if r["status"] != "complete"]
-    meta = {k: run.meta.get(k) for k in ("run_id", "workload", "preset", "launcher", "status", "profiled")}
+    meta = {k: run.meta.get(k) for k in ("run_id", "workload", "preset", "launcher", "status", "profiled", "command_line")}
     rank0 = run.ranks[min(run.ranks)].get("metadata") or {}
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "run": meta | {"config": rank0},
+        "coverage": summary_coverage(run_coverage(run)),
         "world_size": expected,
         "hosts": sorted({r["host"] for r in ranks if r["host"]}),
         "complete": not missing and not not_complete and run.meta.get("status", "complete") == "complete",

@@ -40,13 +40,38 @@ def table(title: str, header: list[str], rows: list[list[str]]):
     return t
 
 
+_COVERAGE_STYLE = {schema.COVERAGE_RECORDED: "green", schema.COVERAGE_MISSING: "bold red", schema.COVERAGE_NOT_APPLICABLE: "dim"}
+
+
+def print_coverage(con, cov: dict) -> None:
+    """One line per coverage item: ✓ / ✗ (– not applicable, ? unknown), the item and how or why not."""
+    from rich.markup import escape
+
+    from .coverage import coverage_lines
+
+    con.print("coverage (what the recording saw):")
+    width = max(len(item) for item in cov) if cov else 0
+    for (symbol, item, text), e in zip(coverage_lines(cov), cov.values()):
+        con.print(f"  [{_COVERAGE_STYLE.get(e['state'], 'yellow')}]{symbol}[/] {item:<{width}}  {escape(text)}")
+
+
+def header_subject(run: dict) -> str:
+    """``workload=resnet50 preset=tiny``, or for a profiled command (no workload) ``command=python train.py``."""
+    if not run.get("workload") and run.get("command_line"):
+        return f"command={run['command_line']}"
+    return f"workload={run.get('workload') or '-'} preset={run.get('preset') or '-'}"
+
+
 def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     """Print the headline figures and one table per analysis."""
+    from rich.markup import escape
+
     con = console(file)
     run = summary["run"]
-    con.print(f"[bold]tbdprof report[/bold]  {run.get('run_id') or run_dir.name}  "
-              f"workload={run.get('workload') or '-'} preset={run.get('preset') or '-'}  "
-              f"ranks={summary['world_size']} hosts={len(summary['hosts'])}", markup=True)
+    con.print(f"[bold]tbdprof report[/bold]  {escape(str(run.get('run_id') or run_dir.name))}  "
+              f"{escape(header_subject(run))}  ranks={summary['world_size']} hosts={len(summary['hosts'])}", markup=True)
+    if summary.get("coverage"):
+        print_coverage(con, summary["coverage"])
     notes = list(summary["problems"])
     notes += [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
     notes += [n for n in [stopped_ranks_note(summary)] if n]
@@ -62,11 +87,14 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
                   f"rank spread {fmt_pct(sp.get('rank_spread'))}   ({summary['steps']} steps after {summary['warmup_steps']} warm-up)",
                   markup=False)
     phases = list(summary["phase_fraction"])
-    con.print(table("step breakdown (fraction of step time; comm runs beside the phases)",
-                     ["rank", *phases, "mean step", "comm", "overlapped", "exposed"],
-                     [[rank, *[fmt_pct(b["phase_fraction"].get(p, 0)) for p in phases], fmt_s(b["step_s"]),
-                       fmt_s(b["comm_s_per_step"]["total"]), fmt_s(b["comm_s_per_step"]["overlapped"]),
-                       fmt_s(b["comm_s_per_step"]["exposed"])] for rank, b in summary["breakdown"].items()]))
+    if not summary["breakdown"]:
+        con.print("step breakdown: no steps recorded")
+    else:
+        con.print(table("step breakdown (fraction of step time; comm runs beside the phases)",
+                         ["rank", *phases, "mean step", "comm", "overlapped", "exposed"],
+                         [[rank, *[fmt_pct(b["phase_fraction"].get(p, 0)) for p in phases], fmt_s(b["step_s"]),
+                           fmt_s(b["comm_s_per_step"]["total"]), fmt_s(b["comm_s_per_step"]["overlapped"]),
+                           fmt_s(b["comm_s_per_step"]["exposed"])] for rank, b in summary["breakdown"].items()]))
     if summary["memory"]:
         cols = [*schema.MEMORY_CATEGORIES, "peak"]
         con.print(table("memory per step (median after warm-up)", ["rank", *cols],

@@ -31,6 +31,14 @@ from tbdprof import schema
 from ..load import Run, sql_list
 
 PHASES = (schema.PHASE_DATA, schema.PHASE_H2D, schema.PHASE_FORWARD, schema.PHASE_BACKWARD, schema.PHASE_OPTIMIZER)
+# The step's parts the phase-composition comparison looks at (then: other phases, outside any phase).
+COMPOSITION_PHASES = (*PHASES, schema.PHASE_COMM)
+COMPOSITION_STEPS = 2000  # at most this many steady steps (evenly spaced) enter the comparison
+OTHER_PHASES, OUTSIDE_PHASES = "other_phases", "outside_phases"
+PARTS = (*COMPOSITION_PHASES, OTHER_PHASES, OUTSIDE_PHASES)
+# Phases in which a rank blocks for the others' collectives (DDP: backward; Horovod: optimizer.step()),
+# in the order they come in a step.
+BLOCKING = (schema.PHASE_BACKWARD, schema.PHASE_COMM, schema.PHASE_OPTIMIZER)
 GAUGES = ("cpu.process_pct", "cpu.system_pct", "cpu.iowait_pct", "cpu.runnable", "mem.used_bytes", "mem.swap_used_bytes",
           "gpu.util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "gpu.fp32_util_pct", "gpu.tensor_util_pct",
           "torch.alloc_retries")
@@ -160,6 +168,82 @@ class Context:
         out["per_rank"] = {r: {"lateness_s": late, "last_share": share, "tail_s": tail} for r, late, share, tail, *_ in per_rank}
         return out
 
+    @cached_property
+    def composition(self) -> dict:
+        """How each rank's steps divide into phases, compared across ranks (no comm spans needed).
+
+        Over the steady steps every rank recorded with phases (at most
+        ``COMPOSITION_STEPS`` of them, evenly spaced), per step, rank and
+        *part* (each of :data:`COMPOSITION_PHASES`, ``other_phases``,
+        ``outside_phases`` = step time no phase covers), ``d`` is the rank's
+        time minus the median of the other ranks'. In synchronous data-parallel
+        training every rank's step takes as long; the rank that spends its time
+        elsewhere makes the others wait in a *blocking* phase (:data:`BLOCKING`:
+        backward with DDP, the optimizer with Horovod, a comm phase). A rank's
+        *wait* in a step is the most the others spend beyond it in one blocking
+        phase, its *extra work* the sum of its positive ``d`` over the other
+        parts (leaving out the wait phase and the blocking phases after it),
+        its *lateness* the smaller of the two (the two must agree).
+
+        Returns {} with fewer than two ranks or no such step; else ``ranks``,
+        ``steps``, ``step_s`` (median) and ``per_rank``: ``late_s`` (median
+        lateness), ``last_share`` (share of steps it was the latest), ``excess_s``
+        {part: median d}, ``share`` {part: mean fraction of the step},
+        ``wait_phase`` (the blocking phase where the others spend most beyond
+        it) and ``others_wait_s`` (median wait).
+        """
+        import numpy as np
+
+        t = self._step_table
+        n, last = self.run.sql(f"SELECT count(DISTINCT rank), max(step) FROM {t}")[0]
+        if n < 2:
+            return {}
+        # Every k-th steady step (a filter the scan applies), then only steps every rank recorded with phases.
+        warm = self.run.warmup_steps
+        every = max(1, -(-(last - warm + 1) // COMPOSITION_STEPS))
+        phase = f"kind = '{schema.KIND_PHASE}'"
+        cols = ", ".join([f"coalesce(sum(end_ns - start_ns) FILTER (WHERE {phase} AND name = '{p}'), 0) AS ph_{i}"
+                          for i, p in enumerate(COMPOSITION_PHASES)]
+                         + [f"coalesce(sum(end_ns - start_ns) FILTER (WHERE {phase} AND name NOT IN {sql_list(COMPOSITION_PHASES)}), 0) AS ph_other"])
+        res = self.run.con.execute(
+            f"WITH c AS (SELECT rank, step, sum(end_ns - start_ns) FILTER (WHERE kind = '{schema.KIND_STEP}') AS step_ns, {cols}, "
+            f"count(*) FILTER (WHERE {phase}) AS phases FROM spans WHERE step >= ? AND (step - ?) % ? = 0 "
+            f"AND kind IN ('{schema.KIND_STEP}', '{schema.KIND_PHASE}') GROUP BY rank, step), "
+            "ok AS (SELECT step FROM c WHERE step_ns > 0 AND phases > 0 GROUP BY step HAVING count(*) = ?) "
+            f"SELECT c.* FROM c JOIN ok USING (step) ORDER BY step, rank", [warm, warm, every, n]).fetchnumpy()
+        if not len(res["step"]):
+            return {}
+        steps = len(res["step"]) // n
+        ranks = [int(r) for r in res["rank"][:n]]
+        step_ns = np.asarray(res["step_ns"], dtype=float).reshape(steps, n)
+        parts = np.stack([np.asarray(res[f"ph_{i}"], dtype=float) for i in range(len(COMPOSITION_PHASES))]
+                         + [np.asarray(res["ph_other"], dtype=float)], axis=-1).reshape(steps, n, -1)
+        outside = np.maximum(0.0, step_ns - parts.sum(axis=2))
+        c = np.concatenate([parts, outside[..., None]], axis=2)  # (steps, ranks, parts)
+        d = c - _median_of_others(c)
+        blocking = [PARTS.index(p) for p in BLOCKING]
+        wait_by = -d[..., blocking]
+        wait = np.maximum(0.0, wait_by.max(axis=2))
+        pos = np.maximum(0.0, d)
+        # Extra work: every part but the wait phase and the blocking phases after it (DDP's optimizer never
+        # blocks; so a rank spending more in it while the others spend more in backward is no straggler).
+        after = np.zeros((len(blocking), len(PARTS)), dtype=bool)
+        for i, b in enumerate(BLOCKING):
+            after[i, [PARTS.index(q) for q in BLOCKING[i:]]] = True
+        work = (pos * ~after[wait_by.argmax(axis=2)]).sum(axis=2)
+        late = np.minimum(work, wait)
+        latest = np.where(late.max(axis=1) > 0, late.argmax(axis=1), -1)
+        share = (c / step_ns[..., None]).mean(axis=0)
+        med_d = np.median(d, axis=0)
+        per_rank = {}
+        for j, r in enumerate(ranks):
+            wp = blocking[int(np.argmax(-med_d[j, blocking]))]
+            per_rank[r] = {"late_s": float(np.median(late[:, j])) / 1e9, "last_share": float(np.mean(latest == j)),
+                           "excess_s": {p: float(med_d[j, k]) / 1e9 for k, p in enumerate(PARTS)},
+                           "share": {p: float(share[j, k]) for k, p in enumerate(PARTS)},
+                           "wait_phase": PARTS[wp], "others_wait_s": float(np.median(wait[:, j])) / 1e9}
+        return {"ranks": n, "steps": steps, "step_s": float(np.median(step_ns)) / 1e9, "per_rank": per_rank}
+
     # --- samples and environment ------------------------------------------------
 
     @cached_property
@@ -233,3 +317,20 @@ def _pooled_corr(parts: list) -> float | None:
     (a straggler) adds nothing: only work that varies with lateness does."""
     sxy, sxx, syy = (sum(p[i] or 0 for p in parts) for i in range(3))
     return sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else None
+
+
+def _median_of_others(x):
+    """For each element of ``x`` (steps, ranks, parts), the median over axis 1 of the *other* elements."""
+    import numpy as np
+
+    n = x.shape[1]
+    order = np.argsort(x, axis=1, kind="stable")
+    srt = np.take_along_axis(x, order, axis=1)
+    pos = np.empty_like(order)
+    np.put_along_axis(pos, order, np.broadcast_to(np.arange(n)[None, :, None], order.shape), axis=1)
+
+    def at(i: int):  # the i-th smallest of the others: skip the element's own position
+        return np.take_along_axis(srt, np.where(i < pos, i, i + 1), axis=1)
+
+    m = n - 1
+    return at((m - 1) // 2) if m % 2 else (at(m // 2 - 1) + at(m // 2)) / 2

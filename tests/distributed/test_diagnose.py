@@ -79,3 +79,28 @@ def test_leaking_loop_is_a_memory_leak(tmp_path):
 def test_uneven_batches_are_imbalance(tmp_path):
     found = findings(plant(tmp_path, "uneven", "--uneven"))
     assert list(found) == ["imbalance"] and found["imbalance"]["ranks"] == [0, 1]
+
+
+@pytest.mark.parametrize("case, opts, slow_phase, others", [
+    ("sleep", ["--sleep-ms", "120"], None, set()),  # between steps, outside any phase
+    ("matmuls", ["--extra-matmuls", "8"], "forward", set()),
+    ("loader", ["--loader-ms", "100"], "data_wait", {"input_bound"}),
+])
+def test_straggler_without_comm_spans(tmp_path, case, opts, slow_phase, others):
+    """No prof.watch: no comm spans. The straggler is found from the per-rank phase composition, and the
+    coverage finding says communication was not recorded (issue 17)."""
+    found = findings(plant(tmp_path, case, "--no-watch", "--steps", "30", "--slow-rank", "1", *opts))
+    s, gap = found.pop("straggler"), found.pop("coverage")
+    assert set(found) == others
+    assert s["ranks"] == [1] and s["evidence"]["evidence_used"] == ["per-rank phase composition"]
+    assert s["evidence"]["slow_phase"] == slow_phase and s["evidence"]["others_wait_phase"] == "backward"
+    if case == "sleep":
+        assert s["evidence"]["slow_part"] == "outside_phases" and s["evidence"]["others_share"]["backward"] > 0.7
+    assert "comm" in gap["evidence"]["missing"] and "communication" in gap["evidence"]["could_not_check"]
+
+
+def test_balanced_run_without_comm_spans_has_no_straggler(tmp_path):
+    run_dir = plant(tmp_path, "balanced", "--no-watch", "--steps", "30")
+    assert set(findings(run_dir)) == {"coverage"}
+    text = run_cli("diagnose", run_dir).stdout
+    assert "healthy:" not in text and "could not check: communication" in " ".join(text.split())

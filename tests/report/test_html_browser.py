@@ -39,7 +39,7 @@ def test_report_renders_in_chromium(chromium, run_copy, tmp_path, capsys):
     assert found["requests"] == [page.resolve().as_uri()]
     assert found["broken"] == [] and found["images"] == 0 and found["scripts"] == 0
     assert found["svgs"] >= 8 and found["empty_svgs"] == 0
-    assert found["sections"] == ["Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O",
+    assert found["sections"] == ["Coverage", "Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O",
                                  "Environment", "Ranks"]
     for literal in (NASTY, "<b>host&amp;</b>", "<svg onload=alert(1)>", "$x$ <i>"):
         assert literal in found["text"]
@@ -49,3 +49,28 @@ def test_report_renders_in_chromium(chromium, run_copy, tmp_path, capsys):
     keep = __import__("os").environ.get("TBDPROF_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_report_opens_with_coverage(chromium, run_copy, tmp_path, capsys):
+    """The coverage section comes first, one row per item with ✓ / ✗ and why; a gap a rank declared is named."""
+    why = "DDP model seen, the script registered its own comm hook"
+    rank_json = next(run_copy.glob(f"host=*/rank=1/{schema.RANK_FILE}"))
+    meta = json.loads(rank_json.read_text(encoding="utf-8"))
+    meta.setdefault(schema.COVERAGE_FILE_KEY, {})["comm"] = {"state": "missing", "how": why}
+    rank_json.write_text(json.dumps(meta), encoding="utf-8")
+    assert cli.main(["report", str(run_copy)]) == 0
+    terminal = capsys.readouterr().out
+    assert terminal.splitlines()[1].startswith("coverage") and "✗ comm" in terminal
+    cov = json.loads((run_copy / "summary.json").read_text(encoding="utf-8"))["coverage"]
+    assert set(cov) == set(schema.COVERAGE_ITEMS) and all(set(e) == {"state", "how"} for e in cov.values())
+    assert cov["steps"]["state"] == cov["phases"]["state"] == "recorded"
+    assert cov["comm"] == {"state": "missing", "how": f"rank 1: {why}"}
+    found = inspect(chromium, run_copy / "report.html")
+    assert found["errors"] == [] and found["sections"][:2] == ["Coverage", "Overview"]
+    text = found["text"]
+    lines = [line.strip() for line in text.splitlines()]
+    section = lines[lines.index("Coverage") + 1:lines.index("Overview")]  # from its heading to the next (not the nav)
+    rows = [line.split("\t") for line in section if "\t" in line]
+    assert [r[:2] for r in rows] == [["✓", "steps"], ["✓", "phases"], ["✗", "comm"], ["✓", "memory"]]
+    assert rows[2][2] == f"missing: rank 1: {why}"
+    assert any(line.startswith("Figures that need comm are incomplete") for line in section)
