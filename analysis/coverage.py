@@ -9,9 +9,11 @@ phases, comm, memory):
   comm hook). Stores written before the key existed declare nothing: their
   items start as unknown;
 - **evidence** from the data: step spans, phase spans, comm spans (or
-  Horovod's timeline), memory rows on each rank; and for communication,
+  Horovod's timeline), memory rows on each rank; for communication,
   network counters that moved during the steps while no collective was
-  recorded.
+  recorded; and for phases, the recorder's invariant (standard phases never
+  overlap and stay inside their step, :func:`phase_violations`): a rank
+  that breaks it has its phases reported missing, with the count.
 
 Per rank, data contradicting a declaration wins when it shows a gap (the
 recorder said ``recorded`` but the store holds nothing); a declared
@@ -84,6 +86,37 @@ def _names(counts: dict[int, dict], key: str, limit: int) -> str:
     order = {p: i for i, p in enumerate(schema.STANDARD_PHASES)}
     names = sorted({n for c in counts.values() for n in c.get(key, [])}, key=lambda n: (order.get(n, len(order)), n))
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+# The recorder's invariant for the phases it times itself: never overlapping, never outside their step.
+CHECKED_PHASES = (schema.PHASE_DATA, schema.PHASE_FORWARD, schema.PHASE_BACKWARD, schema.PHASE_OPTIMIZER)
+
+
+def phase_violations(run: Run) -> dict[int, dict]:
+    """Per rank with a violation: ``{"overlapping", "outside", "first_step"}``: standard phases that begin
+    before an earlier phase of their step ended, or lie outside their step. A phase may end after its step
+    on a rank that used CUDA (device time, recorded with CUDA events, lags the host's step end)."""
+    if not run.has(schema.SPANS):
+        return {}
+    cuda_ranks = [r for r, m in run.ranks.items() if (m.get("env") or {}).get("cuda_available")]
+    rows = run.sql(
+        "WITH p AS (SELECT rank, step, start_ns, end_ns, max(end_ns) OVER (PARTITION BY rank, step ORDER BY start_ns, end_ns "
+        "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before_end FROM spans "
+        f"WHERE kind = ? AND step >= 0 AND name IN {sql_list(CHECKED_PHASES)}), "
+        "s AS (SELECT rank, step, start_ns AS s0, end_ns AS s1 FROM spans WHERE kind = ?) "
+        "SELECT p.rank, count(*) FILTER (WHERE p.start_ns < p.before_end), "
+        f"count(*) FILTER (WHERE p.start_ns < s.s0 OR (p.end_ns > s.s1 AND p.rank NOT IN {sql_list(cuda_ranks or [-1])})), "
+        "min(p.step) FROM p JOIN s USING (rank, step) "
+        "WHERE p.start_ns < p.before_end OR p.start_ns < s.s0 OR p.end_ns > s.s1 GROUP BY p.rank",
+        [schema.KIND_PHASE, schema.KIND_STEP])
+    return {r: {"overlapping": o, "outside": x, "first_step": f} for r, o, x, f in rows if o or x}
+
+
+def _violation_text(v: dict) -> str:
+    parts = [f"{v['overlapping']} overlap an earlier phase" if v["overlapping"] else "",
+             f"{v['outside']} lie outside their step" if v["outside"] else ""]
+    return (f"phase spans recorded, but {' and '.join(p for p in parts if p)} (first in step {v['first_step']}): "
+            "the phase breakdown of those steps is not to be trusted")
 
 
 def _memory_rows(run: Run) -> dict[int, int]:
@@ -169,6 +202,7 @@ def _per_rank(run: Run) -> tuple[dict[str, dict[int, dict]], dict | None]:
             return {"state": miss, "how": f"the recorder reported {d['how'] or 'it recorded'}, but the store holds none"}
         return {"state": absent[0], "how": absent[1]}
 
+    violations = phase_violations(run)
     for r in ranks:
         n = c[r]
         out[schema.COVERAGE_STEPS][r] = merge(
@@ -179,6 +213,8 @@ def _per_rank(run: Run) -> tuple[dict[str, dict[int, dict]], dict | None]:
             schema.COVERAGE_PHASES, r, bool(n["phases"]), f"phase spans ({phase_names})",
             (miss, "steps recorded but no phase inside them (data wait, forward, backward, optimizer unknown)")
             if n["steps"] else (UNKNOWN, "no phase span (and no step) recorded"))
+        if r in violations and out[schema.COVERAGE_PHASES][r]["state"] == rec:
+            out[schema.COVERAGE_PHASES][r] = {"state": miss, "how": _violation_text(violations[r])}
         d_comm = decl[r].get(schema.COVERAGE_COMM) or {}
         if not multi and d_comm.get("state") != miss:
             out[schema.COVERAGE_COMM][r] = (

@@ -182,3 +182,17 @@ def test_too_short_profile_run_advises_more_steps_not_the_option(tmp_path):
     assert "--steps" not in found["too_short"].recommendation and "Run the script for more steps" in found["too_short"].recommendation
     found = {f.kind: f for f in diagnose(make(tmp_path / "w", n=5, run_fields={"launcher": "local"}))}
     assert "--steps" in found["too_short"].recommendation
+
+
+@pytest.mark.parametrize("phases, what", [
+    ({**PHASES, "backward": (30, 90)}, "overlap an earlier phase"),  # backward begins before forward ends
+    ({**PHASES, "optimizer": (90, 120)}, "lie outside their step"),  # past the 100 ms step
+])
+def test_phases_breaking_the_recorders_invariant_are_a_gap(tmp_path, phases, what):
+    cov = run_coverage(open_run(make(tmp_path, phases=phases)))
+    assert cov["phases"]["state"] == "missing", cov["phases"]
+    assert f"20 {what}" in cov["phases"]["how"] and "first in step 0" in cov["phases"]["how"], cov["phases"]
+
+
+def test_well_formed_phases_pass_the_invariant(tmp_path):
+    assert states(make(tmp_path))["phases"] == "recorded"
