@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from tbdprof import schema
+from tbdprof.errors import UserError
 
 from .load import Run, analyse
 from .timeline import is_counter, label, rate_sql
@@ -137,9 +138,7 @@ def export(run_dir: str | Path, fmt: str = "chrome", output: str | Path | None =
         try:
             f = opener(path, "wt", encoding="utf-8")
         except OSError as e:
-            from tbdprof.cli import CliError
-
-            raise CliError(f"cannot write {path}: {e.strerror or e}") from None
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         with f:
             return write_chrome_trace(run, f, **filters), run.problems
 

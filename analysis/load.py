@@ -20,13 +20,14 @@ import duckdb
 import pyarrow.parquet as pq
 
 from tbdprof import clock, schema, store
+from tbdprof.errors import UserError
 
 T = TypeVar("T")
 
 TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",)}
 
 
-class RunError(ValueError):
+class RunError(UserError):
     """The folder is not a readable run."""
 
 

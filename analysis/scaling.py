@@ -19,6 +19,7 @@ from pathlib import Path
 from statistics import median
 
 from tbdprof import schema, store
+from tbdprof.errors import UserError
 
 from . import network
 from .breakdown import coverage_ns
@@ -31,7 +32,7 @@ SCALINGS = ("weak", "strong", "mixed")
 _BATCH_KEY = {"weak": "batch_size", "strong": "global_batch_size"}
 
 
-class ScalingError(ValueError):
+class ScalingError(UserError):
     """Nothing in the input can be compared (the CLI's exit 2)."""
 
 
@@ -457,11 +458,7 @@ def scaling_command(paths: list[str], out: str | None = None, json_out: bool = F
     """``tbdprof scaling``: write scaling.json, scaling.html and plot files; print the tables (or the JSON)."""
     from .scaling_html import print_scaling, write_report
 
-    try:
-        result = scaling(paths, **kw)
-    except ScalingError as e:
-        print(f"tbdprof scaling: {e}", file=sys.stderr)
-        return 2
+    result = scaling(paths, **kw)  # a ScalingError is bad input: the CLI prints it, exit code 2
     for note in result["problems"]:
         print(f"tbdprof scaling: {note}", file=sys.stderr)
     folder = Path(out) if out else _default_out([Path(p) for p in paths])

@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from tbdprof import clock, store
+from tbdprof.errors import UserError
 
 TERM_GRACE_S = 15.0
 
 
-class LaunchError(ValueError):
+class LaunchError(UserError):
     """Bad launch input: one line on stderr, exit code 2."""
 
 

@@ -14,6 +14,8 @@ import importlib
 import os
 import sys
 
+from .errors import UserError
+
 EXIT_BAD_INPUT = 2
 
 COMMAND_MODULES = (
@@ -21,27 +23,6 @@ COMMAND_MODULES = (
     "tbdprof.analysis.commands",
     "tbdprof.workloads.commands",
 )
-
-
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
-
-
-# Exception classes that mean bad input, by module; looked up only in modules
-# already imported, so the CLI does not import torch to classify an error.
-USER_ERRORS = (
-    ("tbdprof.cli", "CliError"),
-    ("tbdprof.workloads.train", "UsageError"),
-    ("tbdprof.workloads.data", "DataFormatError"),
-    ("tbdprof.launch.local", "LaunchError"),
-    ("tbdprof.analysis.load", "RunError"),
-    ("tbdprof.profiler", "RunDirError"),
-    ("tbdprof.ranks", "LaunchEnvError"),
-)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    return tuple(getattr(sys.modules[m], n) for m, n in USER_ERRORS if m in sys.modules)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,8 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).add_parsers(sub)
     return p
-
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print("tbdprof: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the one place that turns errors into exit codes
-        if isinstance(e, _user_errors()):
+        if isinstance(e, UserError):
             print(f"tbdprof: error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
         if os.environ.get("TBDPROF_DEBUG"):

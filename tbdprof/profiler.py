@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from . import clock, cuda, envinfo, ranks, schema, store
+from .errors import UserError
 from .sampling import Sampling
 from .samplers import Sampler, default_samplers
 from .writer import Buffers, SegmentWriter
@@ -47,7 +48,7 @@ def on_start(observer: Callable[["Profiler"], None]) -> None:
         _start_observers.append(observer)
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError):
     """The output folder cannot be used for this rank."""
 
 

@@ -13,11 +13,13 @@ import socket
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
+from .errors import UserError
+
 
 PROCESS_GROUP = "torch.distributed"  # the launcher name of ranks known only from their process group
 
 
-class LaunchEnvError(ValueError):
+class LaunchEnvError(UserError):
     """The launcher environment is inconsistent (one half of a pair is set)."""
 
 

@@ -25,11 +25,13 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from tbdprof.errors import UserError
+
 FORMAT = "tbdprof-shards/1"
 META = "meta.json"
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """A --data folder that is not a data set of the expected layout."""
 
 

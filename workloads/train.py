@@ -17,11 +17,13 @@ import sys
 import time
 from pathlib import Path
 
+from tbdprof.errors import UserError
+
 EXIT_BAD_INPUT = 2
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
 
 
-class UsageError(ValueError):
+class UsageError(UserError):
     """Bad input: reported as one line on stderr with exit code 2."""
 
 

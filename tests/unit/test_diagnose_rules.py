@@ -20,12 +20,13 @@ def spans(n, step_ms=100, data_ms=5, late_ms=0.0, tail_ms=8, items=None, comm=Tr
     for i in range(n):
         s = T0 + int(i * step_ms * MS)
         at = lambda ms: s + int(ms * MS)  # noqa: E731
-        fwd_end, opt = at(data_ms + 1 + 0.35 * (step_ms - data_ms)), at(step_ms - 6)
+        opt = at(step_ms - 6)
+        fwd_end = min(at(data_ms + 1 + 0.35 * (step_ms - data_ms)) + int(late_ms * MS), opt - MS)  # phases never overlap
         rows += [(i, "step", "step", s, at(step_ms), None, items(i) if items else 8),
                  (i, "data_wait", "phase", s, at(data_ms), None, None),
                  (i, "h2d", "phase", at(data_ms), at(data_ms + 1), None, None),
-                 (i, "forward", "phase", at(data_ms + 1), fwd_end + int(late_ms * MS), None, None),
-                 (i, "backward", "phase", fwd_end + int(late_ms * MS), opt, None, None),
+                 (i, "forward", "phase", at(data_ms + 1), fwd_end, None, None),
+                 (i, "backward", "phase", fwd_end, opt, None, None),
                  (i, "optimizer", "phase", opt, at(step_ms - 1), None, None)]
         if comm:
             arrive = opt - int(tail_ms * MS)

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tbdprof import schema, store
+from tbdprof import cli, schema, store
 from tbdprof.analysis import network
 from tbdprof.analysis.load import open_run
 from tbdprof.analysis.scaling import ScalingError, detect_scaling, overlaps, scaling, scaling_command, spread, step_split
@@ -209,14 +209,14 @@ def test_one_size_is_exit_2(tmp_path, capsys):
     sw = _sweep(tmp_path / "sw", [(2, "a", "complete"), (2, "b", "complete")])
     pair(sw / "a")
     pair(sw / "b")
-    assert scaling_command([str(sw)]) == 2
+    assert cli.main(["scaling", str(sw)]) == 2  # a ScalingError is bad input: one line, exit code 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "only one size (n=2)" in err[0]
     assert not (sw / "scaling.json").exists()
 
 
 def test_nothing_readable_is_exit_2(tmp_path, capsys):
-    assert scaling_command([str(tmp_path / "nope"), str(tmp_path / "gone")]) == 2
+    assert cli.main(["scaling", str(tmp_path / "nope"), str(tmp_path / "gone")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no readable runs" in err[0]
 
