@@ -10,14 +10,38 @@ Public API::
             with prof.phase("forward"): ...
 
 ``instrument(prof, model, optimizer)`` records forward/backward/optimizer
-through hooks instead of ``phase`` blocks. Importing tbdprof does not import torch.
+through hooks instead of ``phase`` blocks.
+
+The names are imported when first used: ``import tbdprof`` (or any of its pure
+modules, ``tbdprof.schema``, ``tbdprof.store``, ``tbdprof.clock``, as analysis
+does) loads neither the recorder (psutil, samplers, threads) nor torch.
 """
 
-from .profiler import Profiler, RunDirError
-from .ranks import LaunchEnvError, RankInfo, detect as detect_rank
-from .schema import SCHEMA_VERSION
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# public name -> (module, attribute), imported on first access
+_LAZY = {
+    "Profiler": ("profiler", "Profiler"),
+    "RunDirError": ("profiler", "RunDirError"),
+    "LaunchEnvError": ("ranks", "LaunchEnvError"),
+    "RankInfo": ("ranks", "RankInfo"),
+    "detect_rank": ("ranks", "detect"),
+    "SCHEMA_VERSION": ("schema", "SCHEMA_VERSION"),
+    "UserError": ("errors", "UserError"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def instrument(prof, model, optimizer):
@@ -27,4 +51,4 @@ def instrument(prof, model, optimizer):
     return _instrument(prof, model, optimizer)
 
 
-__all__ = ["Profiler", "RunDirError", "LaunchEnvError", "RankInfo", "detect_rank", "instrument", "SCHEMA_VERSION"]
+__all__ = ["Profiler", "RunDirError", "LaunchEnvError", "RankInfo", "detect_rank", "instrument", "SCHEMA_VERSION", "UserError"]
