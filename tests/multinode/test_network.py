@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 
 from tbdprof.analysis.load import open_run
-from tbdprof.analysis.network import comm_seconds_per_step, link_seconds, network_vs_model
+from tbdprof.analysis.network import link_seconds
 
 from .cluster import SKEW_NS, launch
+from .netcheck import comm_seconds_per_step, network_vs_model
 
 pytestmark = pytest.mark.slow
 

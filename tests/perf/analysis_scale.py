@@ -2,7 +2,7 @@
 
     python tests/perf/analysis_scale.py --ranks 64 --hours 1 [--json] [--sweep 8,16,32,64] [--keep DIR]
 
-The run comes from ``python -m tbdprof.synth`` (deterministic; 10 Hz samples,
+The run comes from ``tests/perf/synth.py`` (deterministic; 10 Hz samples,
 10 steps/s). Each command runs in a fresh process; wall time and peak RSS are
 that process's (``wait4``). ``--sweep`` repeats for several rank counts to show
 how the cost grows.
@@ -23,7 +23,7 @@ from common import emit, timed  # noqa: E402
 def measure(ranks: int, hours: float, root: Path) -> dict:
     run = root / f"synth-{ranks}x{hours:g}h"
     if not run.exists():
-        timed([sys.executable, "-m", "tbdprof.synth", "--ranks", str(ranks), "--hours", str(hours), "--out", str(run)])
+        timed([sys.executable, str(Path(__file__).parent / "synth.py"), "--ranks", str(ranks), "--hours", str(hours), "--out", str(run)])
     report_s, report_mb = timed([sys.executable, "-m", "tbdprof", "report", str(run)])
     diagnose_s, diagnose_mb = timed([sys.executable, "-m", "tbdprof", "diagnose", str(run), "--json"])
     size = sum(f.stat().st_size for f in run.rglob("*.parquet"))

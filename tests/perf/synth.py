@@ -1,6 +1,6 @@
 """A deterministic synthetic run in the tbdprof store format, for scale tests.
 
-``python -m tbdprof.synth --ranks 64 --hours 1 --out DIR`` writes what a
+``python tests/perf/synth.py --ranks 64 --hours 1 --out DIR`` writes what a
 64-rank job would record in an hour at the defaults: 10 steps/s with
 data_wait/h2d/forward/backward/optimizer phases and one allreduce per step,
 10 Hz samples (process and GPU metrics on every rank, host metrics on each host's
@@ -18,12 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import schema, store
-from .writer import PARQUET_OPTIONS
+from tbdprof import schema, store
+from tbdprof.writer import PARQUET_OPTIONS
 
 T0_NS = 1_780_000_000_000_000_000  # a fixed epoch: same bytes on every run
 PHASES = (("data_wait", 0.05), ("h2d", 0.02), ("forward", 0.30), ("backward", 0.45), ("optimizer", 0.08))
-PROCESS_METRICS = ("cpu.process_pct", "cpu.process_threads", "mem.rss_bytes", "io.read_bytes", "io.write_bytes", "io.read_chars", "io.write_chars")
 GRAD_BYTES = 25_557_032 * 4
 
 
@@ -36,16 +35,15 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
     jitter = rng.normal(1.0, 0.03, n_steps).clip(0.8, 1.5)
     dur = (step_ns * jitter).astype(np.int64)
     starts = T0_NS + steps * step_ns
-    cols = {k: [] for k in ("step", "name", "kind", "start_ns", "end_ns", "bytes", "items")}
+    names = schema.TABLES[schema.SPANS].names
+    cols: dict[str, list] = {k: [] for k in names}
 
     def add(name, kind, s, e, nbytes=None, items=None):
-        cols["step"].append(steps)
-        cols["name"].append(np.full(n_steps, name, dtype=object))
-        cols["kind"].append(np.full(n_steps, kind, dtype=object))
-        cols["start_ns"].append(s)
-        cols["end_ns"].append(e)
-        cols["bytes"].append(np.full(n_steps, nbytes) if nbytes is not None else np.full(n_steps, None, dtype=object))
-        cols["items"].append(np.full(n_steps, items) if items is not None else np.full(n_steps, None, dtype=object))
+        values = {"step": steps, "name": np.full(n_steps, name, dtype=object), "kind": np.full(n_steps, kind, dtype=object),
+                  "start_ns": s, "end_ns": e, "bytes": nbytes, "items": items, "units": None}  # samples, not tokens
+        for k in names:
+            v = values[k]
+            cols[k].append(v if isinstance(v, np.ndarray) else np.full(n_steps, v, dtype=object if v is None else None))
 
     add("step", schema.KIND_STEP, starts, starts + dur, items=32)
     t = starts.copy()
@@ -57,17 +55,9 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
             bwd = (t, e)
         t = e
     add(schema.COMM_ALLREDUCE, schema.KIND_COMM, bwd[0] + (bwd[1] - bwd[0]) // 3, bwd[1], nbytes=GRAD_BYTES)
-    arrays = [
-        pa.array(np.concatenate(cols["step"]), pa.int64()),
-        _dict(np.concatenate(cols["name"])),
-        _dict(np.concatenate(cols["kind"])),
-        pa.array(np.concatenate(cols["start_ns"]), pa.int64()),
-        pa.array(np.concatenate(cols["end_ns"]), pa.int64()),
-        pa.array(np.concatenate(cols["bytes"]), pa.int64()),
-        pa.array(np.concatenate(cols["items"]), pa.int64()),
-        pa.nulls(len(cols["step"]) * n_steps, pa.int64()),  # units: the synthetic workload counts samples
-    ]
-    return arrays
+    spans = schema.TABLES[schema.SPANS]
+    return [_dict(np.concatenate(cols[k])) if pa.types.is_dictionary(spans.field(k).type)
+            else pa.array(np.concatenate(cols[k]), spans.field(k).type) for k in names]
 
 
 def _samples(rng, local: int, first_tick, n_ticks, tick_ns, cores: int, nics: tuple[str, ...]):
@@ -179,7 +169,7 @@ def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tbdprof.synth", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="synth.py", description=__doc__.splitlines()[0])
     p.add_argument("--ranks", type=int, default=64)
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--ranks-per-host", type=int, default=8)
@@ -187,10 +177,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.ranks < 1 or args.hours <= 0 or args.ranks_per_host < 1:
-        print("tbdprof.synth: error: --ranks, --hours and --ranks-per-host must be positive", file=sys.stderr)
+        print("synth.py: error: --ranks, --hours and --ranks-per-host must be positive", file=sys.stderr)
         return 2
     if Path(args.out).exists():
-        print(f"tbdprof.synth: error: {args.out} already exists", file=sys.stderr)
+        print(f"synth.py: error: {args.out} already exists", file=sys.stderr)
         return 2
     generate(Path(args.out), args.ranks, args.hours, args.ranks_per_host, seed=args.seed)
     return 0
