@@ -24,8 +24,6 @@ from __future__ import annotations
 from functools import cached_property
 from statistics import median
 
-import pyarrow as pa
-
 from tbdprof import schema
 
 from ..load import Run, sql_list
@@ -67,8 +65,7 @@ class Context:
         completion), ``busy`` (first bucket to last completion), ``comm_bytes``; ``fwd_start``."""
         step, comm = f"kind = '{schema.KIND_STEP}'", f"kind = '{schema.KIND_COMM}'"
         fwd = f"kind = '{schema.KIND_PHASE}' AND name = '{schema.PHASE_FORWARD}'"
-        # Stores from before the spans' ``units`` column keep units per step in the runner's metadata.
-        units = f"sum(units) FILTER (WHERE {step})" if "units" in schema.TABLES[schema.SPANS].names else "NULL::BIGINT"
+        units = f"sum(units) FILTER (WHERE {step})"  # null in segments written before the column existed
         self.run.sql(
             "CREATE OR REPLACE TEMP TABLE diag_step AS SELECT rank, step, "
             f"sum(end_ns - start_ns) FILTER (WHERE {step}) AS step_ns, sum(items) FILTER (WHERE {step}) AS items, {units} AS units, "
@@ -108,18 +105,6 @@ class Context:
     # --- synchronisation across ranks -----------------------------------------------
 
     @cached_property
-    def _units_table(self) -> str:
-        """``diag_units(rank, step, units)`` from the runner's ``units_per_step`` metadata (tokens, frames...)."""
-        rows = [(r, i, float(u)) for r, m in self.run.ranks.items()
-                for i, u in enumerate((m.get("metadata") or {}).get("units_per_step") or []) if isinstance(u, (int, float))]
-        table = pa.table({"rank": pa.array([r[0] for r in rows], pa.int64()), "step": pa.array([r[1] for r in rows], pa.int64()),
-                          "units": pa.array([r[2] for r in rows], pa.float64())})
-        self.run.con.register("diag_units_arrow", table)
-        self.run.sql("CREATE OR REPLACE TEMP TABLE diag_units AS SELECT * FROM diag_units_arrow")
-        self.run.con.unregister("diag_units_arrow")
-        return "diag_units"
-
-    @cached_property
     def sync(self) -> dict:
         """How ranks meet in their collectives, over the steady steps every communicating rank recorded.
 
@@ -130,8 +115,8 @@ class Context:
         last rank to arrive: pure communication), ``comm_bytes`` and
         ``comm_busy_s`` (median per step: bytes, and first bucket to last
         completion), ``work_cv`` (median over steps of the coefficient of
-        variation of work across ranks; work = units per step where the
-        runner recorded them, else items), ``work_lateness_corr`` (correlation
+        variation of work across ranks; work = the step's units (tokens,
+        frames) where it recorded them, else its items), ``work_lateness_corr`` (correlation
         of a rank's extra work with its lateness). ``per_rank``: ``lateness_s``
         (median lateness beyond the step's earliest rank), ``last_share``
         (share of steps it arrived last), ``tail_s`` (median).
@@ -142,9 +127,8 @@ class Context:
             f"min(fwd_start) AS f0 FROM {self._step_table} WHERE arrival IS NOT NULL GROUP BY step) "
             "WHERE n = (SELECT count(DISTINCT rank) FROM diag_step WHERE arrival IS NOT NULL)")
         # One row per rank and step that every communicating rank recorded (not materialized: it is as long as the run).
-        late = ("(SELECT d.rank, d.step, d.step_ns, d.tail, d.busy, d.comm_bytes, d.arrival, coalesce(u.units, d.items) AS work, "
-                "greatest(d.arrival - f.a0, coalesce(d.fwd_start - f.f0, 0)) AS late FROM diag_step d JOIN diag_first f USING (step) "
-                f"LEFT JOIN {self._units_table} u USING (rank, step))")
+        late = ("(SELECT d.rank, d.step, d.step_ns, d.tail, d.busy, d.comm_bytes, d.arrival, coalesce(d.units, d.items) AS work, "
+                "greatest(d.arrival - f.a0, coalesce(d.fwd_start - f.f0, 0)) AS late FROM diag_step d JOIN diag_first f USING (step))")
         self.run.sql(
             "CREATE OR REPLACE TEMP TABLE diag_meet AS SELECT step, max(late) - min(late) AS spread, min(late) AS late0, "
             "arg_max(rank, late) AS last_rank, arg_max(tail, arrival) AS last_tail, median(step_ns) AS step_med, "

@@ -13,7 +13,7 @@ T0 = 10**18
 ENV = {"torch_threads": 1, "cpu_logical": 8, "mem_total_bytes": 64 * 2**30, "env": {"OMP_NUM_THREADS": "1"}}
 
 
-def spans(n, step_ms=100, data_ms=5, late_ms=0.0, tail_ms=8, items=None, comm=True):
+def spans(n, step_ms=100, data_ms=5, late_ms=0.0, tail_ms=8, items=None, comm=True, units=None):
     """``n`` steps: data wait, h2d, forward, backward (its last ``tail_ms`` waiting for the allreduce),
     optimizer; the rank's forward takes ``late_ms`` longer, so its last bucket comes that much later."""
     rows = []
@@ -22,7 +22,7 @@ def spans(n, step_ms=100, data_ms=5, late_ms=0.0, tail_ms=8, items=None, comm=Tr
         at = lambda ms: s + int(ms * MS)  # noqa: E731
         opt = at(step_ms - 6)
         fwd_end = min(at(data_ms + 1 + 0.35 * (step_ms - data_ms)) + int(late_ms * MS), opt - MS)  # phases never overlap
-        rows += [(i, "step", "step", s, at(step_ms), None, items(i) if items else 8),
+        rows += [(i, "step", "step", s, at(step_ms), None, items(i) if items else 8, units(i) if units else None),
                  (i, "data_wait", "phase", s, at(data_ms), None, None),
                  (i, "h2d", "phase", at(data_ms), at(data_ms + 1), None, None),
                  (i, "forward", "phase", at(data_ms + 1), fwd_end, None, None),
@@ -101,6 +101,23 @@ def test_imbalance_from_uneven_batches_without_a_straggler(tmp_path):
         rows = [row for i in range(20) for row in spans(i + 1, late_ms=40 * ((i + r) % 3 == 0), items=work[r])[-8:]]
         write_segment(tmp_path, schema.SPANS, rows, rank=r)
     assert kinds(run) == [("imbalance", "critical", [0, 1, 2])]
+
+
+def test_imbalance_in_tokens_with_equal_batches(tmp_path):
+    """A language model's ranks draw equal batches (items) of unequal lengths (units: tokens): the rank with
+    the long sequences arrives late, a different one each step. Judged in tokens, not samples."""
+    from storebuilder import write_segment
+
+    tokens = {r: (lambda i, r=r: 512 + 1536 * ((i + r) % 3 == 0)) for r in range(3)}
+    run = make_run(tmp_path, ranks=3, late_ms={r: 0 for r in range(3)})
+    for r in range(3):
+        for f in (tmp_path / f"host=h0/rank={r}").glob("spans-*.parquet"):
+            f.unlink()
+        rows = [row for i in range(20) for row in spans(i + 1, late_ms=40 * ((i + r) % 3 == 0), units=tokens[r])[-8:]]
+        write_segment(tmp_path, schema.SPANS, rows, rank=r)
+    (f,) = diagnose(run)
+    assert (f.kind, f.severity, f.ranks) == ("imbalance", "critical", [0, 1, 2])
+    assert f.evidence["work_cv_across_ranks"] > 0.5  # items alone are equal: the spread is in the tokens
 
 
 @pytest.mark.parametrize("tail_ms, severity", [(15, None), (30, "warning"), (60, "critical")])
