@@ -158,65 +158,88 @@ def _progress(rank: int, steps: int):
     return None, lambda i, dt: (i + 1) % every == 0 and print(f"tbdprof: step {i + 1}/{steps} ({dt * 1e3:.0f} ms)", file=sys.stderr, flush=True)
 
 
-def train(args) -> int:
-    wl, preset = validate(args)
+def _device(args, info):
+    """The rank's device for ``--device`` (a CUDA rank takes the GPU of its local rank)."""
     import torch
 
-    import tbdprof
-
-    from .data import DataFormatError, default_root, prepare
-    from .engines import EngineUnavailable, get_engine
-
-    info = tbdprof.detect_rank()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device(f"cuda:{info.local_rank % max(1, torch.cuda.device_count())}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)
-    torch.manual_seed(args.seed)
+    return device
 
-    if args.data:
-        root = Path(args.data)
-    else:
-        root = prepare(
-            default_root(wl.name, args.preset, args.seed),
-            lambda tmp: wl.write_dataset(tmp, preset, args.seed),
-            is_writer=info.local_rank == 0,
-        )
+
+def _input(args, wl, preset, info, device):
+    """(data root, sampler, loader, batch size, workers): the workload's data set, sharded over the ranks."""
+    import torch
+
+    from .data import DataFormatError, default_root, prepare
+
+    root = Path(args.data) if args.data else prepare(
+        default_root(wl.name, args.preset, args.seed), lambda tmp: wl.write_dataset(tmp, preset, args.seed),
+        is_writer=info.local_rank == 0)
+    batch_size = args.batch_size or preset.batch_size
+    num_workers = preset.num_workers if args.num_workers is None else args.num_workers
     try:
         dataset = wl.dataset(root, preset, train=True)
         if args.data_delay_ms:
             dataset = _Delayed(dataset, args.data_delay_ms / 1e3)
-    except DataFormatError as e:
-        raise UsageError(str(e)) from None
-
-    world = info.world_size
-    try:
-        engine = get_engine(args.engine, info, device)
-        engine.setup()
-    except EngineUnavailable as e:
-        raise UsageError(str(e)) from None
-
-    batch_size = args.batch_size or preset.batch_size
-    num_workers = preset.num_workers if args.num_workers is None else args.num_workers
-    sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=info.rank, shuffle=True, seed=args.seed, drop_last=True)
-    if len(sampler) < batch_size:
-        raise UsageError(f"data set of {len(dataset)} samples gives rank {info.rank} {len(sampler)}, less than one batch of {batch_size}")
-    try:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
+                                                      seed=args.seed, drop_last=True)
+        if len(sampler) < batch_size:
+            raise UsageError(f"data set of {len(dataset)} samples gives rank {info.rank} {len(sampler)}, "
+                             f"less than one batch of {batch_size}")
         batches = wl.batch_sampler(sampler, batch_size)
     except DataFormatError as e:
         raise UsageError(str(e)) from None
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=wl.collate_fn,
-        pin_memory=use_cuda, persistent_workers=num_workers > 0,
+        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
     )
+    return root, sampler, loader, batch_size, num_workers
+
+
+def _default_step(args, rank, wl, model, optimizer, batch, phase, autocast, scaler) -> None:
+    """forward, backward and optimizer of a workload that leaves its step to the runner."""
+    with phase("forward"), autocast():
+        loss = wl.loss(model, batch)
+        _stall(args, rank)  # after DDP's buffer broadcast, as a slower device would be
+    with phase("backward"):
+        (scaler.scale(loss) if scaler else loss).backward()
+    with phase("optimizer"):
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def train(args) -> int:
+    wl, preset = validate(args)
+    import torch
+
+    import tbdprof
+
+    from .engines import EngineUnavailable, get_engine
+
+    info = tbdprof.detect_rank()
+    device = _device(args, info)
+    torch.manual_seed(args.seed)
+    root, sampler, loader, batch_size, num_workers = _input(args, wl, preset, info, device)
+    try:
+        engine = get_engine(args.engine, info, device)
+        engine.setup()
+    except EngineUnavailable as e:
+        raise UsageError(str(e)) from None
     model = wl.build_model(preset).to(device)
     model, optimizer = engine.wrap(model, wl.optimizer(model, preset))
 
     config = {
         "workload": wl.name, "domain": wl.domain, "preset": args.preset, "engine": args.engine,
-        "batch_size": batch_size, "global_batch_size": batch_size * world, "steps": args.steps,
+        "batch_size": batch_size, "global_batch_size": batch_size * info.world_size, "steps": args.steps,
         "num_workers": num_workers, "device": str(device), "dtype": AMP_DTYPES[args.amp], "amp": args.amp, "seed": args.seed,
         "preprocessing": "cpu, in data-loader workers" if num_workers else "cpu, in the training process",
         "params": sum(p.numel() for p in model.parameters()), "unit": wl.unit, "data": str(root),
@@ -229,12 +252,13 @@ def train(args) -> int:
     step_times: list[float] = []
     step = epoch = 0
     autocast, scaler = _mixed_precision(args.amp, device)
-    # On the GPU, phases are timed with CUDA events (device time, not launch time).
-    phase = prof.cuda_phase if use_cuda else prof.phase
+    use_cuda = device.type == "cuda"
+    phase = prof.cuda_phase if use_cuda else prof.phase  # on the GPU: device time, not launch time
+
     def average_gradients(params):
         engine.average_gradients(params, lambda nbytes: prof.comm(nbytes=nbytes))
 
-    with prof, (bar or _Null()):
+    with prof, (bar or contextlib.nullcontext()):
         prof.watch(model, [optimizer, *wl.other_optimizers()])
         model.train()
         while step < args.steps:
@@ -247,18 +271,7 @@ def train(args) -> int:
                 with autocast():
                     handled = wl.train_step(model, optimizer, batch, phase, average_gradients)
                 if not handled:
-                    with phase("forward"), autocast():
-                        loss = wl.loss(model, batch)
-                        _stall(args, info.rank)  # after DDP's buffer broadcast, as a slower device would be
-                    with phase("backward"):
-                        (scaler.scale(loss) if scaler else loss).backward()
-                    with phase("optimizer"):
-                        if scaler:
-                            scaler.step(optimizer)
-                            scaler.update()
-                        else:
-                            optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
+                    _default_step(args, info.rank, wl, model, optimizer, batch, phase, autocast, scaler)
                 if use_cuda:
                     torch.cuda.synchronize(device)
                 prof.end_step(wl.batch_items(batch), wl.batch_units(batch) if wl.unit != "samples" else None)
@@ -305,14 +318,6 @@ def _stall(args, rank: int) -> None:
         time.sleep(args.slow_ms / 1e3)
     while time.perf_counter() < end:
         pass
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _write_timing(info, step_times, config, args) -> None:

@@ -8,8 +8,8 @@ from .system import DiskSampler, HostCpuSampler, HostMemorySampler, NetworkSampl
 
 
 def default_samplers(local_rank: int) -> list[Sampler]:
-    """Process samplers for every rank; host samplers only on local rank 0."""
-    samplers: list[Sampler] = [ProcessSampler(), NvmlSampler(local_rank), TorchAllocatorSampler(local_rank)]
-    if local_rank == 0:
-        samplers += [HostCpuSampler(), HostMemorySampler(), NetworkSampler(), DiskSampler()]
-    return samplers
+    """Every sampler whose ``scope`` this rank covers: process and device samplers on every rank,
+    host samplers only on local rank 0 (a host's counters are recorded once, not once per rank)."""
+    every = [ProcessSampler(), NvmlSampler(local_rank), TorchAllocatorSampler(local_rank),
+             HostCpuSampler(), HostMemorySampler(), NetworkSampler(), DiskSampler()]
+    return [s for s in every if s.scope != "host" or local_rank == 0]
