@@ -9,8 +9,10 @@ from pathlib import Path
 
 
 def cmd_run(args) -> int:
+    """``tbdprof run``: the workload as ``--nproc`` ranks on this machine."""
     from ..workloads.train import runner_argv, validate
-    from .local import LaunchError, new_run_dir, run_local
+    from .execute import run_here
+    from .local import LaunchError, new_run_dir
 
     if args.nproc < 1:
         raise LaunchError(f"--nproc must be at least 1 (got {args.nproc})")
@@ -19,9 +21,7 @@ def cmd_run(args) -> int:
     command = [sys.executable, "-m", "tbdprof.workloads.train", *runner_argv(args)]
     meta = {"workload": wl.name, "preset": args.preset, "profiled": not args.no_profile}
     print(f"tbdprof: run {run_dir} ({args.nproc} rank{'s' if args.nproc != 1 else ''})", file=sys.stderr)
-    if args.engine == "horovod":  # Horovod's gloo rendezvous and per-rank HOROVOD_* variables
-        from .horovod import run_local_horovod as run_local
-    code = run_local(command, args.nproc, run_dir, meta)
+    code = run_here(command, args.nproc, run_dir, meta, horovod=args.engine == "horovod")
     if code == 0 and not args.no_profile and not args.no_report:
         args.then_report = run_dir
     return code

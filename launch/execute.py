@@ -7,6 +7,7 @@ others (SIGTERM, then SIGKILL), so no half-started job is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from typing import TextIO
 from tbdprof import clock, store
 
 from .gather import gather
-from .launchers import Launcher, Plan, Spec
-from .local import LaunchError, exit_code, wait_all
+from .hosts import Host
+from .launchers import Launcher, Local, Plan, Spec
+from .local import LaunchError, default_threads, exit_code, free_port, wait_all
 from .remote import check_reachable
 
 
@@ -40,7 +42,7 @@ def write_plan(plan: Plan, spec: Spec, meta: dict, status: str = "prepared") -> 
         path.write_text(text)
     store.update_run_json(
         spec.run_dir, run_id=spec.run_dir.name, launcher=plan.launcher, world_size=spec.nproc,
-        hosts=[h.name for h in spec.hosts], slots=[h.slots for h in spec.hosts], command=plan.lines(),
+        hosts=[h.hostname for h in spec.hosts], slots=[h.slots for h in spec.hosts], command=plan.lines(),
         argv=sys.argv, status=status, started_ns=clock.now_ns(), **meta,
     )
     return list(plan.files)
@@ -77,6 +79,23 @@ def execute(plan: Plan, spec: Spec, meta: dict, stage: Path | None = None) -> in
         spec.run_dir, launcher=plan.launcher, status="failed" if code else "complete", exit_codes=codes, ended_ns=clock.now_ns()
     )
     return code
+
+
+def run_here(command: list[str], nproc: int, run_dir: Path, meta: dict, horovod: bool = False) -> int:
+    """``command`` as ``nproc`` ranks on this machine, through the local launcher's plan (the path
+    ``tbdprof launch --launcher local`` takes too); returns the job's exit code.
+
+    ``horovod``: with Horovod's gloo rendezvous running here, and each rank's HOROVOD_* variables
+    set by an exec shim, as ``horovodrun --gloo`` would.
+    """
+    env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or default_threads(nproc)}
+    if horovod:
+        from .horovod import SHIM, gloo_rendezvous
+
+        command = [*SHIM, *command]
+    with gloo_rendezvous(nproc) if horovod else contextlib.nullcontext({}) as rendezvous:
+        spec = Spec([Host("localhost", nproc)], command, run_dir, free_port(), env | rendezvous)
+        return execute(Local().plan(spec), spec, meta)
 
 
 def _submit(plan: Plan, run_dir: Path) -> int:

@@ -1,7 +1,7 @@
 """Horovod on the local launcher, and the MPI that Horovod was built against.
 
-``tbdprof run --engine horovod`` keeps the local launcher (its run folder,
-exit codes and failure handling) and adds what ``horovodrun --gloo`` would:
+``tbdprof run --engine horovod`` keeps the local launcher's plan (its run
+folder, exit codes and failure handling) and adds what ``horovodrun --gloo`` would:
 Horovod's gloo rendezvous server in the launching process, its address in
 every rank's environment, and per-rank ``HOROVOD_RANK``... variables, which a
 small exec shim (``python -m tbdprof.launch.horovod CMD...``) derives from
@@ -17,9 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .local import run_local
-
 LOCAL_HOSTS = "localhost:{n}"
+SHIM = (sys.executable, "-m", "tbdprof.launch.horovod")  # SHIM + CMD: CMD with this rank's HOROVOD_* variables
 
 
 def _slots(nproc: int):
@@ -41,18 +40,6 @@ def gloo_rendezvous(nproc: int):
         yield {k: str(v) for k, v in create_run_env_vars("127.0.0.1", ["lo"], port).items()}
     finally:
         server.stop()
-
-
-def run_local_horovod(command: list[str], nproc: int, run_dir: Path, meta: dict) -> int:
-    """:func:`~launch.local.run_local` for a Horovod job over gloo; returns the exit code."""
-    with gloo_rendezvous(nproc) as env:
-        saved = dict(os.environ)
-        os.environ.update(env)  # run_local gives each rank this process's environment
-        try:
-            return run_local([sys.executable, "-m", "tbdprof.launch.horovod", *command], nproc, run_dir, meta)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def mpirun_for_horovod() -> str:

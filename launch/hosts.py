@@ -31,6 +31,11 @@ class Host:
         """True when the host is this machine (no ssh needed)."""
         return self.name in _LOCAL or self.name == socket.gethostname()
 
+    @property
+    def hostname(self) -> str:
+        """The host's own name: this machine's for ``localhost`` (what its ranks record), else the given name."""
+        return socket.gethostname() if self.name in _LOCAL else self.name
+
     def __str__(self) -> str:
         return f"{self.name}:{self.slots}"
 

@@ -1,9 +1,12 @@
-"""The embedded local launcher: N ranks of a workload on this machine, no cluster needed.
+"""The pieces of the embedded local launcher: N ranks on this machine, no cluster needed.
 
-It sets the same variables torchrun does (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR/PORT...), plus TBDPROF_RUN_DIR so every rank writes into one run
-folder. If one rank fails, the others are stopped (SIGTERM, then SIGKILL): no
-half-finished ranks are left behind.
+:class:`~tbdprof.launch.launchers.Local` plans the ranks with :func:`rank_env`
+(the variables torchrun sets: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT...,
+plus TBDPROF_RUN_DIR so every rank writes into one run folder) and
+:func:`tbdprof.launch.execute.execute` runs that plan, for ``tbdprof run`` and
+``tbdprof launch --launcher local`` alike. If one rank fails, the others are
+stopped (:func:`wait_all`: SIGTERM, then SIGKILL): no half-finished ranks are
+left behind.
 """
 
 from __future__ import annotations
@@ -12,12 +15,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-from tbdprof import clock, store
 from tbdprof.errors import UserError
 
 TERM_GRACE_S = 15.0
@@ -110,24 +111,6 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int]:
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
-
-
-def run_local(command: list[str], nproc: int, run_dir: Path, meta: dict) -> int:
-    """Start ``command`` as ``nproc`` ranks writing into ``run_dir``; returns the exit code."""
-    if nproc < 1:
-        raise LaunchError(f"--nproc must be at least 1 (got {nproc})")
-    port = free_port()
-    store.update_run_json(
-        run_dir, run_id=run_dir.name, launcher="local", world_size=nproc, hosts=[socket.gethostname()],
-        command=command, argv=sys.argv, status="running", started_ns=clock.now_ns(), **meta,
-    )
-    procs = [subprocess.Popen(command, env=rank_env(os.environ, r, nproc, port, run_dir)) for r in range(nproc)]
-    codes = wait_all(procs)
-    code = exit_code(codes)
-    store.update_run_json(
-        run_dir, status="failed" if code else "complete", exit_codes=codes, ended_ns=clock.now_ns()
-    )
-    return code
 
 
 def exit_code(codes: list[int]) -> int:

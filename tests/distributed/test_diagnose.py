@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from clirun import run_cli
-from tbdprof.launch.local import new_run_dir, run_local
+from tbdprof.launch.execute import run_here
+from tbdprof.launch.local import new_run_dir
 
 pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).parent / "scripts_diagnose" / "plant.py"
@@ -36,7 +37,7 @@ def train(tmp_path, run_id, *opts, workload="resnet50", nproc=2, steps=30, env=N
 
 def plant(tmp_path, run_id, *opts, nproc=2):
     run_dir = new_run_dir(tmp_path, run_id, "plant")
-    assert run_local([sys.executable, str(SCRIPT), *opts], nproc, run_dir, {}) == 0
+    assert run_here([sys.executable, str(SCRIPT), *opts], nproc, run_dir, {}) == 0
     return run_dir
 
 

@@ -59,8 +59,8 @@ def _launch(kind, out: Path, data_cache) -> Path:
         _run([mpirun_for_horovod(), "--allow-run-as-root", "--oversubscribe", "-np", "2", *TRAIN, *args])
     else:  # tbdprof's local launcher with Horovod's gloo rendezvous
         script = (
-            "import sys; from tbdprof.launch.horovod import run_local_horovod; from tbdprof.launch.local import new_run_dir\n"
-            f"sys.exit(run_local_horovod({TRAIN + args[4:]!r}, 2, new_run_dir({str(out)!r}, {kind!r}, 'x'), {{}}))"
+            "import sys; from tbdprof.launch.execute import run_here; from tbdprof.launch.local import new_run_dir\n"
+            f"sys.exit(run_here({TRAIN + args[4:]!r}, 2, new_run_dir({str(out)!r}, {kind!r}, 'x'), {{}}, horovod=True))"
         )
         _run([sys.executable, "-c", script])
     return run_dir
