@@ -11,20 +11,21 @@ collective, so buckets in flight together are not counted twice.
 
 from __future__ import annotations
 
-import argparse
 import re
 
 from tbdprof import schema
+from tbdprof.errors import UserError
 
 from .breakdown import coverage_ns, steady_comm
 from .load import Run
+from .network import ring_factor
 from .timeline import counter_rates
 
 NET_METRICS = ("net.bytes_sent", "net.bytes_recv")
 
 # nccl-tests' bus-bandwidth factors, by collective name.
 BUS_FACTORS = {
-    schema.COMM_ALLREDUCE: lambda n: 2 * (n - 1) / n,
+    schema.COMM_ALLREDUCE: ring_factor,
     schema.COMM_ALLGATHER: lambda n: (n - 1) / n,
     schema.COMM_REDUCE_SCATTER: lambda n: (n - 1) / n,
     "alltoall": lambda n: (n - 1) / n,
@@ -43,7 +44,7 @@ def parse_bandwidth(text: str) -> float:
     """
     m = _BW.match(text or "")
     if not m or m.group(1).count(".") > 1:
-        raise argparse.ArgumentTypeError(f"cannot read {text!r} as a bandwidth (examples: 10Gbit, 25Gbps, 1.25GB/s)")
+        raise UserError(f"cannot read {text!r} as a bandwidth (examples: 10Gbit, 25Gbps, 1.25GB/s)")
     value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
     unit = m.group(3) or "B"
     bits = unit.lower() in ("bit", "bps") or unit == "b"

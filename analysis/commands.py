@@ -37,6 +37,18 @@ def cmd_diagnose(args) -> int:
     return diagnose_command(args.run_dir, json_out=args.json, link_bytes_per_s=args.link_bandwidth)
 
 
+def cmd_ops(args) -> int:
+    from .ops import ops_command
+
+    return ops_command(args.run_dir, rank=args.rank, phase=args.phase, json_out=args.json)
+
+
+def cmd_status(args) -> int:
+    from .live import status_command
+
+    return status_command(args.run_dir, json_out=args.json)
+
+
 def cmd_scaling(args) -> int:
     from .scaling import scaling_command
 
@@ -63,9 +75,14 @@ def _ranks(text: str) -> list[int]:
 
 
 def _bandwidth(text: str) -> float:
+    from tbdprof.errors import UserError
+
     from .bandwidth import parse_bandwidth
 
-    return parse_bandwidth(text)
+    try:
+        return parse_bandwidth(text)
+    except UserError as e:  # argparse prints an ArgumentTypeError's own words
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parsers(sub) -> None:
@@ -98,6 +115,18 @@ def add_parsers(sub) -> None:
     s.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW", help=link_help)
     s.set_defaults(func=cmd_diagnose)
+
+    s = sub.add_parser("status", help="where every rank of a running job is: step, phase, seconds since progress, hangs")
+    s.add_argument("run_dir", help="a run folder (of a job running now, or stopped)")
+    s.add_argument("--json", action="store_true", help="print one object per rank as a JSON list")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("ops", help="operators and layers of the deep windows per rank, and what a slow rank does differently")
+    s.add_argument("run_dir", help="a run folder recorded with deep windows (--deep-every N)")
+    s.add_argument("--rank", type=int, default=None, metavar="R", help="compare this rank with the others (default: the slowest)")
+    s.add_argument("--phase", default=None, metavar="P", help="only operators that started in this phase (forward, backward...)")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(func=cmd_ops)
 
     s = sub.add_parser("scaling", help="scaling report of a sweep or runs: efficiency, its causes, comm model, projection")
     s.add_argument("paths", nargs="+", metavar="SWEEP_DIR|RUN_DIR", help="a sweep folder (sweep.json) or run folders")

@@ -25,8 +25,10 @@ from .findings.communication import communication_bound
 from .findings.contention import cpu_contention
 from .findings.context import Context
 from .findings.device import fp32_math, low_device_utilization
+from .findings.hang import hang
 from .findings.input_bound import input_bound
 from .findings.memory import memory_leak, memory_pressure
+from .findings.profiler_cost import profiler_overhead
 from .findings.sync import imbalance, straggler
 from .fmt import fmt_bytes, fmt_pct, fmt_rate, fmt_s
 from .load import Run, analyse
@@ -44,6 +46,7 @@ RULES = {
     "memory_leak": memory_leak,
     "low_device_utilization": low_device_utilization,
     "fp32_math": fp32_math,
+    "profiler_overhead": profiler_overhead,
 }
 
 
@@ -54,10 +57,11 @@ def diagnose_run(run: Run, link_bytes_per_s: float | None = None) -> list[Findin
     :mod:`.coverage`): the checks that needed it could not run."""
     ctx = Context(run, link_bytes_per_s)
     gap = _coverage_finding(run, ctx)
+    stopped = hang(ctx)  # a hang or a dead rank is said however short the run (findings/hang.py)
     if ctx.steady_steps < MIN_STEADY_STEPS:
-        return [_too_short(ctx)] + gap
+        return stopped + [_too_short(ctx)] + gap
     findings = [f for rule in RULES.values() for f in rule(ctx)]
-    return sorted(findings + gap, key=Finding.sort_key)
+    return sorted(findings + gap + stopped, key=Finding.sort_key)
 
 
 # What each coverage item's absence keeps the diagnosis from checking.

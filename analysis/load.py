@@ -6,6 +6,8 @@ already mapped onto rank 0's clock using each rank's start/end offset
 estimates (linear drift), so ranks and hosts can be compared directly.
 Unreadable segments (truncated, not Parquet, wrong or future schema) are left
 out and listed in ``Run.problems``; they never fail the whole run.
+``spans`` leaves out the steps of deep windows (always-on figures must not
+count them); ``spans_all`` has every span (:mod:`analysis.windows`).
 """
 
 from __future__ import annotations
@@ -22,9 +24,13 @@ import pyarrow.parquet as pq
 from tbdprof import clock, schema, store
 from tbdprof.errors import UserError
 
+from . import windows
+
 T = TypeVar("T")
 
-TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",)}
+TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",),
+                schema.HANGS: ("ts_ns", "since_ns"),  # a store from before the hangs table gets an empty view
+                schema.OPS: ("start_ns", "end_ns")}  # deep windows' operators (tbdprof/deep.py); often none
 
 
 class RunError(UserError):
@@ -140,6 +146,9 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
             problems.append(f"rank {rank}: no {schema.RANK_FILE}")
         except (OSError, ValueError, json.JSONDecodeError) as e:
             problems.append(f"rank {rank}: {schema.RANK_FILE} unreadable ({e.__class__.__name__})")
+        deep = windows.read_deep(rdir)
+        if deep is not None:
+            rmeta["deep"] = deep  # its deep windows (deep.json)
         ranks[rank] = rmeta
         for table in schema.TABLES:
             for seg in store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}"))):
@@ -193,11 +202,7 @@ def _clock_params(run: Run) -> list[tuple[int, float, float, int]]:
             rows.append((rank, 0.0, 0.0, 0))
             continue
         t0 = int((start or end)["at_ns"])
-        a = clock.offset_at(start, end, t0)
-        b = 0.0
-        if start and end and end["at_ns"] != start["at_ns"]:
-            b = (end["offset_ns"] - start["offset_ns"]) / (end["at_ns"] - start["at_ns"])
-        rows.append((rank, a, b, t0))
+        rows.append((rank, clock.offset_at(start, end, t0), clock.drift(start, end), t0))
     return rows
 
 
@@ -240,6 +245,7 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
             scans.append(f"SELECT {select}, {_sql_str(host)} AS host, {rank}::BIGINT AS rank "
                          f"FROM read_parquet({plist}, hive_partitioning=false, union_by_name=true)")
         con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(scans))
+    windows.define_views(con, run.ranks)  # spans without deep-window steps; spans_all with them
     return con
 
 

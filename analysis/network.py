@@ -20,9 +20,14 @@ MSS = 1500 - 20 - 32  # payload of a full 1500-byte frame
 PROTOCOL_OVERHEAD = HEADER_BYTES / MSS  # ~4.6%: the most headers add to the payload
 
 
+def ring_factor(n: int) -> float:
+    """2(n-1)/n: the share of an allreduce's bytes each of ``n`` ranks sends on a ring (nccl-tests' bus factor)."""
+    return 2 * (n - 1) / n if n > 1 else 0.0
+
+
 def ring_allreduce_bytes(grad_bytes: float, n: int) -> float:
     """Bytes each of ``n`` ranks sends to allreduce ``grad_bytes`` with a ring."""
-    return 2 * (n - 1) / n * grad_bytes if n > 1 else 0.0
+    return ring_factor(n) * grad_bytes
 
 
 def link_seconds(nbytes: float, rate_bits_per_s: float, overhead: float = PROTOCOL_OVERHEAD) -> float:
@@ -71,4 +76,4 @@ def best_call_busbw(run: Run) -> float | None:
         f"AND name = '{schema.COMM_ALLREDUCE}' AND step >= {int(run.warmup_steps)} AND end_ns > start_ns AND bytes > 0"
     )
     best = rows[0][0] if rows else None
-    return float(best) * 2 * (n - 1) / n if best else None
+    return float(best) * ring_factor(n) if best else None

@@ -18,6 +18,7 @@ from tbdprof import schema, store
 
 from .bandwidth import collective_bandwidth, network_usage
 from .breakdown import phase_breakdown
+from .cost import profiling_cost
 from .coverage import run_coverage, summary_coverage
 from .dataio import io_figures
 from .environment import environment_table
@@ -105,6 +106,7 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
         "environment": environment_table(run),
         "ranks": ranks,
         "per_rank_steps": steps.get("per_rank", {}),
+        "profiling_cost": profiling_cost(run),
     }
 
 

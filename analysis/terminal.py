@@ -86,6 +86,10 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
                   f"p90 {fmt_s(st['p90'])}  p99 {fmt_s(st['p99'])}  cv {fmt_pct(sp.get('cv'))}  "
                   f"rank spread {fmt_pct(sp.get('rank_spread'))}   ({summary['steps']} steps after {summary['warmup_steps']} warm-up)",
                   markup=False)
+    from .cost import cost_line
+
+    if (line := cost_line(summary.get("profiling_cost"))) is not None:
+        con.print(line, markup=False)
     phases = list(summary["phase_fraction"])
     if not summary["breakdown"]:
         con.print("step breakdown: no steps recorded")

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import tbdprof
-from tbdprof import autoprofile, clock, ranks, schema, store
+from tbdprof import autoprofile, clock, deep, ranks, schema, store
 from tbdprof.profiler import Profiler
 from tbdprof.samplers import default_samplers
 from tbdprof.samplers.system import ProcessSampler
@@ -40,8 +40,10 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel sent, e.g. a terminal's Ctrl-C to its process group
 
 
-def child_env(base: dict, run_dir: Path, sample_hz: float, flush_s: float) -> dict:
-    """The environment that makes every Python process of the command record itself."""
+def child_env(base: dict, run_dir: Path, sample_hz: float, flush_s: float,
+              deep_every: int | None = None, deep_steps: int | None = None) -> dict:
+    """The environment that makes every Python process of the command record itself
+    (with deep windows every ``deep_every`` steps; unset: what ``base`` says, else none)."""
     env = dict(base)
     env.pop(autoprofile.ENV_RANK_PID, None)
     path = env.get("PYTHONPATH")
@@ -52,11 +54,14 @@ def child_env(base: dict, run_dir: Path, sample_hz: float, flush_s: float) -> di
         autoprofile.ENV_FLUSH_S: str(flush_s),
         "TBDPROF_RUN_DIR": str(run_dir),
         "TBDPROF_RUN_ID": run_dir.name,
+        deep.ENV_DEEP_EVERY: str(deep_every) if deep_every is not None else env.get(deep.ENV_DEEP_EVERY) or "0",
+        deep.ENV_DEEP_STEPS: str(deep_steps) if deep_steps is not None else env.get(deep.ENV_DEEP_STEPS) or str(deep.DEFAULT_STEPS),
     })
     return env
 
 
-FORWARDED_ENV = ("PYTHONPATH", autoprofile.ENV_AUTO, autoprofile.ENV_SAMPLE_HZ, autoprofile.ENV_FLUSH_S, "TBDPROF_RUN_DIR", "TBDPROF_RUN_ID")
+FORWARDED_ENV = ("PYTHONPATH", autoprofile.ENV_AUTO, autoprofile.ENV_SAMPLE_HZ, autoprofile.ENV_FLUSH_S, "TBDPROF_RUN_DIR", "TBDPROF_RUN_ID",
+                 deep.ENV_DEEP_EVERY, deep.ENV_DEEP_STEPS)
 
 
 def _is_open_mpi(exe: str) -> bool:
@@ -155,16 +160,26 @@ def add_parser(sub) -> None:
     s.add_argument("--run-id", default=None, help="run folder name (default profile-TIMESTAMP)")
     s.add_argument("--sample-hz", type=float, default=10.0, help="system sampling rate (default 10)")
     s.add_argument("--flush-s", type=float, default=5.0, help="seconds between Parquet segments (default 5)")
+    s.add_argument("--deep-every", type=int, default=None, metavar="N",
+                   help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
+    s.add_argument("--deep-steps", type=int, default=None, metavar="K", help="steps per deep window (default 5)")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: the command to run and record")
-    s.set_defaults(func=lambda args: run_profile(args.command[args.command[:1] == ["--"]:], args.out, args.run_id, args.sample_hz, args.flush_s))
+    s.set_defaults(func=lambda args: run_profile(args.command[args.command[:1] == ["--"]:], args.out, args.run_id, args.sample_hz, args.flush_s,
+                                                 deep_every=args.deep_every, deep_steps=args.deep_steps))
 
 
-def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: float, flush_s: float) -> int:
+def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: float, flush_s: float,
+                deep_every: int | None = None, deep_steps: int | None = None) -> int:
     """Run ``command`` under the profiler; returns its exit code."""
     if not command:
         raise LaunchError("give the command to profile after --: tbdprof profile -- python train.py")
     if sample_hz <= 0 or flush_s <= 0:
         raise LaunchError("--sample-hz and --flush-s must be positive")
+    if deep_every is not None or deep_steps is not None:
+        try:
+            deep.config(deep_every or 0, deep_steps)
+        except ValueError as e:
+            raise LaunchError(f"--deep-every/--deep-steps: {e}") from None
     exe, code = resolve(command, dict(os.environ))
     if exe is None:
         why = "command not found" if code == EXIT_NOT_FOUND else "permission denied"
@@ -173,7 +188,7 @@ def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: flo
     os.environ.pop("TBDPROF_RUN_DIR", None)  # ours goes to the child; the monitor writes where we say
     info = ranks.detect()
     run_dir = _profile_run_dir(out, run_id, info)
-    env = child_env(dict(os.environ), run_dir, sample_hz, flush_s)
+    env = child_env(dict(os.environ), run_dir, sample_hz, flush_s, deep_every, deep_steps)
     argv = forward_env(command, exe)
     lead = info.rank == 0
     if lead:

@@ -34,6 +34,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -41,6 +42,7 @@ from . import clock, profiler, schema
 from .profiler import Profiler, _ensure_log_handler, log
 from .trained import TrainedParams
 
+_ns = time.perf_counter_ns
 TRAINED = TrainedParams()  # every optimizer's parameters in this process: what "the trained model" means
 
 ENV_AUTO = "TBDPROF_AUTO"  # "1": record this process tree automatically
@@ -124,10 +126,13 @@ def _guarded(method):
     def hook(self, *args):
         if self.off:
             return None
+        t0 = _ns()
         try:
             return method(self, *args)  # None but for a closure to time (a pre-hook's value replaces the call's arguments)
         except Exception as e:  # noqa: BLE001 - profiling must never break the training
             self.fail(e)
+        finally:
+            self.hook_ns += _ns() - t0  # the profiler's own cost (tbdprof.cost): these run a few times per step
         return None
 
     return hook
@@ -158,17 +163,21 @@ class AutoRecorder:
         self._failed = False
         self._handles: list = []
         self._restore: list[Callable[[], None]] = []
+        self.module_calls = 0  # global module-hook calls (pre and post: one count), for the cost account
+        self.hook_ns = 0  # time inside the guarded hooks (top-level forwards, batches, optimizer steps)
 
     # --- installing and removing ----------------------------------------------
 
     def install(self) -> None:
+        from . import progress
+
+        progress.arm()  # DataLoader workers forked before the recorder starts can still show their stacks at a hang
         from torch.nn.modules import module
         from torch.optim import optimizer
         from torch.utils.data import dataloader
 
         self._handles = [
-            module.register_module_forward_pre_hook(self._fwd_pre),
-            module.register_module_forward_hook(self._fwd_post, always_call=True),
+            *self._module_hooks(),
             optimizer.register_optimizer_step_pre_hook(self._opt_pre),
             optimizer.register_optimizer_step_post_hook(self._opt_post),
         ]
@@ -194,6 +203,49 @@ class AutoRecorder:
 
         GradScaler.update = scaler_update
         self._restore.append(lambda: setattr(GradScaler, "update", update))
+
+    def _module_hooks(self) -> list:
+        from torch.nn.modules import module
+
+        return [module.register_module_forward_pre_hook(self._fwd_pre),
+                module.register_module_forward_hook(self._fwd_post, always_call=True)]
+
+    def _module_hook_cost_s(self, n: int = 1000) -> float:
+        """Calibrated cost of one module call's pair of global hooks (inside the trained model's forward): a timed
+        loop of a trivial module with the hooks in, against the same loop with them out."""
+        from .cost import _best_per_call
+
+        torch = self.torch
+        ident, x = torch.nn.Identity(), torch.zeros(1)
+        depth, calls = self._depth, self.module_calls
+        self._depth = depth + 1  # as for a submodule of the model: the hooks' common path
+
+        def call(k):
+            for _ in range(k):
+                ident(x)
+
+        def without(k):
+            for h in self._handles[:2]:
+                h.remove()
+            try:
+                call(k)
+            finally:
+                self._handles[:2] = self._module_hooks()
+
+        try:
+            per = _best_per_call(call, without, n)
+        finally:
+            self._depth, self.module_calls = depth, calls
+        return per
+
+    def _cost(self) -> dict:
+        """This recorder's entries of the profiler's cost account (tbdprof.cost)."""
+        hooks = {"events": self.module_calls, "timed_s": self.hook_ns / 1e9}
+        if self._handles and not self.off:
+            hooks["per_event_us"] = self._module_hook_cost_s() * 1e6
+        else:
+            hooks["error"] = "hooks already removed: per-call cost not calibrated"
+        return {"zero_code_hooks": hooks}
 
     def remove(self) -> None:
         """Take every hook out (idempotent)."""
@@ -235,17 +287,23 @@ class AutoRecorder:
             sample_hz=float(env.get(ENV_SAMPLE_HZ, 10.0)), flush_s=float(env.get(ENV_FLUSH_S, 5.0)),
             metadata={"auto": True, "argv": list(sys.argv)},
         )
+        t0 = _ns()
         self.prof.start()
+        self.hook_ns -= _ns() - t0  # starting the recorder is not a cost of the steps
+        self.prof.cost.sources.append(self._cost)
         os.environ[ENV_RANK_PID] = str(os.getpid())
         from .autostep import AutoSteps  # imports torch: not at this module's import, which torch's import may trigger
 
         self.steps = AutoSteps(self.prof)
+        self.prof.add_progress_probe(lambda: {"phase": self.steps.phases.open_phase})
         self.prof.note_coverage(schema.COVERAGE_PHASES, schema.COVERAGE_RECORDED,
                                 "forward, backward and optimizer of the trained model from PyTorch's global hooks")
         excepthook = sys.excepthook
 
         def failed(*exc):
             self._failed = True
+            if self.prof is not None and len(exc) > 1 and isinstance(exc[1], Exception):
+                self.prof.note_failure(exc[1])  # where training raised (a collective whose peer is gone)
             excepthook(*exc)
 
         sys.excepthook = failed
@@ -297,8 +355,22 @@ class AutoRecorder:
         if self._ready(self.torch.is_grad_enabled()):
             self.steps.fetched(start, clock.now_ns(), batch)
 
-    @_guarded
     def _fwd_pre(self, module, args) -> None:
+        # The fast path, for every submodule of the trained model: no guard frame, no timing.
+        self.module_calls += 1
+        if self._depth and not self.off:
+            self._depth += 1
+            return None
+        return self._fwd_pre_top(module, args)
+
+    def _fwd_post(self, module, args, output) -> None:
+        if self._depth > 1 and not self.off:
+            self._depth -= 1
+            return None
+        return self._fwd_post_top(module, args, output)
+
+    @_guarded
+    def _fwd_pre_top(self, module, args) -> None:
         if self._depth:
             self._depth += 1
             return
@@ -317,7 +389,7 @@ class AutoRecorder:
         self.steps.forward_begin(module, args)
 
     @_guarded
-    def _fwd_post(self, module, args, output) -> None:
+    def _fwd_post_top(self, module, args, output) -> None:
         if not self._depth:
             return
         self._depth -= 1

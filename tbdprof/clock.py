@@ -89,11 +89,15 @@ def estimate_offset(group=None, rounds: int = 16, timeout_s: float = 30.0) -> Cl
     return ClockEstimate(offset, unc, at, rounds)
 
 
+def drift(start: dict | None, end: dict | None) -> float:
+    """The offset's change per local nanosecond between the start and end estimates (0 without both)."""
+    if not start or not end or end["at_ns"] == start["at_ns"]:
+        return 0.0
+    return (end["offset_ns"] - start["offset_ns"]) / (end["at_ns"] - start["at_ns"])
+
+
 def offset_at(start: dict | None, end: dict | None, t_ns: int) -> float:
     """The offset at local time ``t_ns``, linear between the start and end estimates."""
     if not start:
         return float(end["offset_ns"]) if end else 0.0
-    if not end or end["at_ns"] == start["at_ns"]:
-        return float(start["offset_ns"])
-    slope = (end["offset_ns"] - start["offset_ns"]) / (end["at_ns"] - start["at_ns"])
-    return start["offset_ns"] + slope * (t_ns - start["at_ns"])
+    return start["offset_ns"] + drift(start, end) * (t_ns - start["at_ns"])

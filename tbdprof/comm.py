@@ -32,6 +32,8 @@ from .cuda import CudaPending, SpanSink
 def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending: CudaPending):
     """A DDP comm hook recording ``allreduce`` spans into ``sink`` (CUDA buckets through ``pending``)."""
 
+    in_flight: dict[int, tuple[int, int]] = {}  # bucket index -> (bytes, start_ns), until its future completes
+
     # No annotations: DDP checks them against the real classes, and this module
     # uses postponed (string) annotations.
     def hook(process_group, bucket):
@@ -40,6 +42,8 @@ def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending
         nbytes = tensor.numel() * tensor.element_size()
         step = current_step()
         start = clock.now_ns()
+        index = bucket.index()
+        in_flight[index] = (nbytes, start)
         tensor.div_(dist.get_world_size(group))
         if tensor.is_cuda:
             begun = pending.begin()
@@ -47,6 +51,7 @@ def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending
 
             def done_cuda(f):
                 # the current stream here waits on the NCCL kernels
+                in_flight.pop(index, None)
                 pending.add(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, nbytes, begun, pending.record())
                 return f.value()[0]
 
@@ -55,9 +60,23 @@ def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending
         fut = dist.all_reduce(tensor, group=group, async_op=True).get_future()
 
         def done(f):
+            in_flight.pop(index, None)
             sink(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, clock.now_ns(), nbytes, None)
             return f.value()[0]
 
         return fut.then(done)
 
+    def in_flight_text() -> str | None:
+        """The buckets handed to allreduce and not completed: ``allreduce bucket 3 (1.2 MiB)``, or None."""
+        return buckets_text(dict(in_flight))
+
+    hook.in_flight_text = in_flight_text
     return hook
+
+
+def buckets_text(in_flight: dict[int, tuple[int, int]]) -> str | None:
+    if not in_flight:
+        return None
+    parts = [f"bucket {i} ({n / 2**20:.1f} MiB)" if n >= 2**20 else f"bucket {i} ({n / 2**10:.1f} KiB)"
+             for i, (n, _) in sorted(in_flight.items())]
+    return schema.COMM_ALLREDUCE + " " + ", ".join(parts)

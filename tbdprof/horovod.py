@@ -75,6 +75,13 @@ class HorovodComm:
         step, start, nbytes = self._open.pop(handle)
         self._sink(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, end, nbytes, None)
 
+    def in_flight_text(self) -> str | None:
+        """Allreduces submitted and not reported done: ``allreduce of 12 tensors (4.1 MiB)``, or None."""
+        pending = list(self._open.values())
+        if not pending:
+            return None
+        return f"{schema.COMM_ALLREDUCE} of {len(pending)} tensors ({sum(p[2] for p in pending) / 2**20:.1f} MiB)"
+
     def _synchronize(self):
         # Finish timing under the lock: synchronize() clears the handles, and
         # polling a cleared handle is an error.

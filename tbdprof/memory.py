@@ -11,9 +11,13 @@ categories do not explain (allocator slack, DDP buckets, the interpreter...).
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from . import clock
+
+_ns = time.perf_counter_ns
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -72,6 +76,10 @@ class MemoryTracker:
         self._hooks_ctx = None
         self._grads: int | None = None
         self._opt_state: int | None = None
+        # the profiler's own cost (tbdprof.cost): hook bodies timed directly, saved tensors counted
+        self.timed_ns = 0
+        self.packed = 0
+        self.measured_steps = 0
         self._handles = [
             model.register_forward_pre_hook(self._fwd_pre),
             model.register_forward_hook(self._fwd_post),
@@ -87,6 +95,7 @@ class MemoryTracker:
     # --- forward: count what autograd saves --------------------------------
 
     def _pack(self, t: torch.Tensor):
+        self.packed += 1
         ptr = _storage_ptr(t)
         if ptr and ptr not in self._seen and ptr not in self._param_ptrs:
             self._seen.add(ptr)
@@ -97,23 +106,38 @@ class MemoryTracker:
     def _unpack(t):
         return t
 
+    def saved_tensor_cost_s(self) -> float:
+        """Calibrated seconds per saved tensor under this tracker's hooks (its counters are left as they were)."""
+        from .cost import saved_tensor_cost_s
+
+        state = (set(self._seen), self.activations, self.packed)
+        try:
+            return saved_tensor_cost_s(self._pack)
+        finally:
+            self._seen, self.activations, self.packed = state
+
     def _fwd_pre(self, module, args):
+        t0 = _ns()
         step = self._current_step()
         if self._hooks_ctx is None and torch.is_grad_enabled() and self._measure(step):
             self.measured_step = step
+            self.measured_steps += 1
             self._seen.clear()
             self.activations = 0
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             self._hooks_ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
             self._hooks_ctx.__enter__()
+        self.timed_ns += _ns() - t0
 
     def _fwd_post(self, module, args, output):
         if self._hooks_ctx is not None:
+            t0 = _ns()
             self._hooks_ctx.__exit__(None, None, None)
             self._hooks_ctx = None
             self._seen.clear()
             self._fwd_total = self._total()
+            self.timed_ns += _ns() - t0
 
     def _total(self) -> int:
         if self.device.type == "cuda":
@@ -133,11 +157,15 @@ class MemoryTracker:
 
     def _opt_pre(self, optimizer, args, kwargs):
         if self.measured_step is not None:
+            t0 = _ns()
             self._grads = max(self._grads or 0, self._grad_bytes())
+            self.timed_ns += _ns() - t0
 
     def _opt_post(self, optimizer, args, kwargs):
         if self.measured_step is not None:
+            t0 = _ns()
             self._opt_state = self._opt_state_bytes()
+            self.timed_ns += _ns() - t0
 
     # --- at the end of a step -----------------------------------------------
 
@@ -145,8 +173,11 @@ class MemoryTracker:
         """The memory table row for ``step`` if it was measured, else None."""
         if self.measured_step != step:
             return None
+        t0 = _ns()
         self.measured_step = None
-        return self.row(step)
+        row = self.row(step)
+        self.timed_ns += _ns() - t0
+        return row
 
     def row(self, step: int) -> tuple:
         """The memory table row for ``step`` (schema column order)."""

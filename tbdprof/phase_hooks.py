@@ -42,6 +42,7 @@ class Instrumentation:
             optimizer.register_step_pre_hook(self._opt_pre),
             optimizer.register_step_post_hook(self._opt_post),
         ]
+        prof.add_progress_probe(lambda: {"phase": self.phases.open_phase})
         prof.watch(model, optimizer)
 
     def _fwd_pre(self, module, args):

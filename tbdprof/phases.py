@@ -28,6 +28,7 @@ kernels), closed at the same events.
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -73,10 +74,15 @@ def time_closure(args: tuple, kwargs: dict, after: Callable[[], None]):
     return (args[0], timed_closure, *args[2:]), kwargs
 
 
+_first_param: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> its first parameter (or False)
+
+
 def on_gpu(module: torch.nn.Module) -> bool:
     """True when ``module``'s (first) parameter lives on a CUDA device."""
-    p = next(module.parameters(), None)
-    return p is not None and p.is_cuda
+    first = _first_param.get(module)  # walking parameters() costs microseconds, at every forward
+    if first is None:
+        first = _first_param[module] = next(module.parameters(), False)
+    return first is not False and first.is_cuda  # a Parameter keeps its identity across module.to()
 
 
 class PhaseTracker:
@@ -126,7 +132,11 @@ class PhaseTracker:
             return
         self._fwd_end = clock.now_ns()
         tensors = output_tensors(output)
-        if tensors and torch.is_grad_enabled():
+        if not tensors or not torch.is_grad_enabled():
+            return
+        if len(tensors) == 1:  # the common case, at half the cost of a multi-tensor hook
+            tensors[0].register_hook(self._backward_reached)
+        else:
             torch.autograd.graph.register_multi_grad_hook(tensors, self._backward_reached, mode="any")
 
     def _backward_reached(self, _grad) -> None:

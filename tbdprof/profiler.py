@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from . import clock, cuda, envinfo, ranks, schema, store
+from . import clock, cuda, envinfo, progress, ranks, schema, store
+from .cost import CostAccount
 from .errors import UserError
 from .sampling import Sampling
 from .samplers import Sampler, default_samplers
@@ -88,17 +89,20 @@ def _dist():
 class _Phase:
     """A reusable context manager timing one phase; cheap on the hot path."""
 
-    __slots__ = ("prof", "name", "kind", "nbytes", "start")
+    __slots__ = ("prof", "name", "kind", "nbytes", "start", "outer")
 
     def __init__(self, prof: "Profiler", name: str, kind: str, nbytes: int | None = None):
         self.prof, self.name, self.kind, self.nbytes = prof, name, kind, nbytes
 
     def __enter__(self):
+        prof = self.prof
+        self.outer, prof._open_span = prof._open_span, self  # what the progress watch reports as open
         self.start = clock.now_ns()
         return self
 
     def __exit__(self, *exc):
         prof = self.prof
+        prof._open_span = self.outer
         prof._spans.append((prof.step_index, self.name, self.kind, self.start, clock.now_ns(), self.nbytes, None))
         prof._kinds_seen.add(self.kind)
         return False
@@ -127,6 +131,11 @@ class Profiler:
         a few microseconds per saved tensor.
     enabled:
         ``False`` makes every call a no-op (for unprofiled baselines).
+    deep_every, deep_steps:
+        Deep windows (:mod:`tbdprof.deep`): every ``deep_every`` steps, record
+        ``deep_steps`` steps (default 5) with torch.profiler into table ``ops``
+        and a Kineto trace. Default: env ``TBDPROF_DEEP_EVERY`` /
+        ``TBDPROF_DEEP_STEPS``; 0 or unset, no windows.
     """
 
     def __init__(
@@ -141,6 +150,10 @@ class Profiler:
         samplers: list[Sampler] | None = None,
         metadata: dict[str, Any] | None = None,
         clock_sync: bool = True,
+        hang_s: float | None = None,
+        hang_factor: float | None = None,
+        deep_every: int | None = None,
+        deep_steps: int | None = None,
     ):
         if sample_hz <= 0:
             raise ValueError("sample_hz must be positive")
@@ -157,6 +170,19 @@ class Profiler:
         self.enabled = enabled
         self.metadata = dict(metadata or {})
         self.clock_sync = clock_sync
+        # progress watch (tbdprof/progress.py): no step end for max(hang_s, hang_factor x median step) is a hang
+        self.hang_s = hang_s if hang_s is not None else progress.env_float(progress.ENV_HANG_S, progress.DEFAULT_HANG_S)
+        self.hang_factor = (hang_factor if hang_factor is not None
+                            else progress.env_float(progress.ENV_HANG_FACTOR, progress.DEFAULT_HANG_FACTOR))
+        if self.hang_s <= 0 or self.hang_factor <= 0:
+            raise ValueError("hang_s and hang_factor must be positive")
+        self._progress: progress.ProgressWatch | None = None
+        from .deep import config as _deep_config
+
+        self.deep_every, self.deep_steps = _deep_config(deep_every, deep_steps)
+        self._deep = None  # tbdprof.deep.DeepWindows, when deep_every is set
+        self._open_span: _Phase | None = None  # the innermost prof.phase()/prof.comm() block open
+        self._probes: list[Callable[[], dict]] = []  # open phase / collectives in flight, for the progress watch
         try:
             self.info, self._env_error = ranks.detect(), None
         except ranks.LaunchEnvError as e:  # a process group joined later may complete it (start())
@@ -185,6 +211,7 @@ class Profiler:
         self._meta: dict[str, Any] = {}
         self._rank_json_failed = False
         self._rss_proc = None
+        self.cost = CostAccount()  # what this recording cost (rank.json profiling_cost; tbdprof.cost)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -192,6 +219,8 @@ class Profiler:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            self.note_failure(exc)
         self.close(status="failed" if exc_type else "complete")
         return False
 
@@ -259,6 +288,17 @@ class Profiler:
         self._sampler = Sampling(samplers, self._buffers.tables[schema.SAMPLES], self.sample_hz)
         self._writer = SegmentWriter(self.rank_dir, self._buffers, schemas, self.flush_s, [self._resolve_pending, self._sampler.check])
         self._writer.start()
+        self._progress = progress.ProgressWatch(
+            self, self.hang_s, self.hang_factor, progress.env_float(progress.ENV_STATUS_S, progress.DEFAULT_STATUS_S),
+            self.rank_dir, self._buffers.tables[schema.HANGS], self._writer.flush)
+        self.on_step_end(self._progress.step_ended)
+        if self.deep_every:
+            from .deep import DeepWindows
+
+            self._deep = DeepWindows(self, self._buffers.tables[schema.OPS], self.deep_every, self.deep_steps)
+            self.on_step_end(self._deep.step_ended)
+            self._pending.append(self._deep)  # the writer thread turns closed windows into ops rows
+        self._progress.start()
         self._sampler.start()
         self._started = True
         self._pid = os.getpid()
@@ -319,6 +359,7 @@ class Profiler:
             self.sync_clocks("end")
         for t in self._trackers:
             t.remove()
+        self._progress.stop(status)
         self._sampler.stop()
         self._resolve_pending(force=True)
         self._writer.stop()
@@ -334,8 +375,44 @@ class Profiler:
             sampler_cpu_s=self._sampler.cpu_s,
             sampler_ticks=self._sampler.ticks,
         )
+        self._meta["profiling_cost"] = self.cost.summary(self)
         self._meta[schema.COVERAGE_FILE_KEY] = self.coverage
         self._write_rank_json()
+
+    # --- progress: what the progress watch reports (tbdprof/progress.py) ----------
+
+    def add_progress_probe(self, probe: Callable[[], dict]) -> None:
+        """Register ``probe() -> {"phase": str|None, "collective": str|None}``, asked (off the training
+        thread) by the progress watch: the zero-code recorder's open phase, a comm hook's buckets in flight."""
+        self._probes.append(probe)
+
+    def progress_state(self) -> dict:
+        """The phase open now and the collectives in flight: ``{"phase": ..., "collective": ...}``."""
+        span = self._open_span
+        state: dict = {"phase": None, "collective": None}
+        if span is not None:
+            key = "collective" if span.kind == schema.KIND_COMM else "phase"
+            state[key] = span.name
+            outer = span.outer
+            if key == "collective" and outer is not None and outer.kind == schema.KIND_PHASE:
+                state["phase"] = outer.name
+        for probe in self._probes:
+            try:
+                got = probe() or {}
+            except Exception:  # noqa: BLE001 - a probe of a half-torn-down object
+                continue
+            for k, v in got.items():
+                if v and not state.get(k):
+                    state[k] = v
+        return state
+
+    def note_failure(self, exc: BaseException) -> None:
+        """Record where and why training raised (table ``hangs``, event ``error``): a peer gone in a collective."""
+        if self._progress is not None and not self._closed:
+            try:
+                self._progress.record_error(exc)
+            except Exception as e:  # noqa: BLE001
+                log.debug("tbdprof: could not record the failure: %s", e)
 
     # --- coverage: what this recording saw, and what it could not -----------------
 
@@ -549,6 +626,8 @@ class Profiler:
         inner = getattr(model, "module", model)
         optimizers = [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
         tracker = MemoryTracker(inner, optimizers, self._rss, lambda: self.step_index, self._measure_memory)
+        if self._deep is not None:
+            self._deep.watch(inner)  # layer names relative to the model, not to its DDP wrapper
         if not self._trackers:
             self.on_step_end(self._take_memory_rows)
         self._trackers.append(tracker)
@@ -558,7 +637,9 @@ class Profiler:
             from .comm import make_allreduce_hook
 
             try:
-                model.register_comm_hook(None, make_allreduce_hook(self._record_span, lambda: self.step_index, self._cuda_pending()))
+                hook = make_allreduce_hook(self._record_span, lambda: self.step_index, self._cuda_pending())
+                model.register_comm_hook(None, hook)
+                self.add_progress_probe(lambda: {"collective": hook.in_flight_text()})
                 self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_RECORDED, "DDP gradient buckets (comm hook)")
             except (RuntimeError, ValueError) as e:  # e.g. a hook is already registered
                 log.warning("tbdprof: no communication spans (%s)", e)
@@ -567,7 +648,9 @@ class Profiler:
 
         for opt in optimizers:
             if is_horovod_optimizer(opt):
-                self._pending.append(HorovodComm(opt, self._record_span, lambda: self.step_index))
+                hvd_comm = HorovodComm(opt, self._record_span, lambda: self.step_index)
+                self._pending.append(hvd_comm)
+                self.add_progress_probe(lambda: {"collective": hvd_comm.in_flight_text()})
                 self.note_coverage(schema.COVERAGE_COMM, schema.COVERAGE_RECORDED, "Horovod DistributedOptimizer allreduces")
                 break
         from .fsdp import FsdpComm, is_fsdp_model

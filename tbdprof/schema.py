@@ -21,6 +21,8 @@ SCHEMA_VERSION = 1
 SPANS = "spans"
 SAMPLES = "samples"
 MEMORY = "memory"
+HANGS = "hangs"
+OPS = "ops"
 
 _DICT_STR = pa.dictionary(pa.int32(), pa.string())
 
@@ -63,6 +65,37 @@ TABLES: dict[str, pa.Schema] = {
             pa.field("peak", pa.int64(), nullable=False),  # highest total seen in the step
         ]
     ),
+    # One row per progress event of a rank (tbdprof/progress.py): training stopped
+    # moving (a hang, with every thread's Python stack), moved again, or failed.
+    HANGS: pa.schema(
+        [
+            pa.field("step", pa.int64(), nullable=False),  # the step that did not end (last ended + 1)
+            pa.field("event", _DICT_STR, nullable=False),  # one of HANG_EVENTS
+            pa.field("ts_ns", pa.int64(), nullable=False),  # when the event was seen
+            pa.field("since_ns", pa.int64(), nullable=False),  # last progress (a step's end, or the start)
+            pa.field("threshold_s", pa.float64()),  # no progress for this long is a hang
+            pa.field("place", _DICT_STR),  # one of HANG_PLACES: where the training thread is
+            pa.field("waiting_in", pa.string()),  # the call it waits in: "all_reduce", "barrier", "__getitem__"...
+            pa.field("location", pa.string()),  # the script's frame: "train.py:41 in train" (a loader worker's when it is the stuck part)
+            pa.field("phase", pa.string()),  # the phase open at the time
+            pa.field("collective", pa.string()),  # collectives in flight: "allreduce bucket 3 (1.2 MiB)"
+            pa.field("stacks", pa.string()),  # Python stacks of every thread (and the stuck loader worker), or the traceback
+        ]
+    ),
+    # One row per operator (or layer range) torch.profiler saw during a deep window (tbdprof/deep.py).
+    OPS: pa.schema(
+        [
+            pa.field("step", pa.int64(), nullable=False),  # the window step it started in
+            pa.field("name", _DICT_STR, nullable=False),  # aten::convolution, or OP_MODULE_PREFIX + path for a layer
+            pa.field("module", _DICT_STR),  # the layer it ran under (module path, e.g. layer3.0.conv2), else null
+            pa.field("thread", pa.int64(), nullable=False),  # the profiler's thread id
+            pa.field("start_ns", pa.int64(), nullable=False),
+            pa.field("end_ns", pa.int64(), nullable=False),  # total time is end_ns - start_ns
+            pa.field("self_ns", pa.int64(), nullable=False),  # time not spent in child operators
+            pa.field("shapes", _DICT_STR),  # input shapes, e.g. [[4, 3, 32, 32], [8, 3, 3, 3]]
+            pa.field("flops", pa.int64()),  # where torch counts them (matmul, convolution)
+        ]
+    ),
 }
 
 # --- span kinds and standard phases -------------------------------------------
@@ -98,6 +131,8 @@ COMM_ALLREDUCE = "allreduce"
 COMM_ALLGATHER = "all_gather"  # FSDP's parameter gathers
 COMM_REDUCE_SCATTER = "reduce_scatter"  # FSDP's gradient reductions
 MARK_EVAL = "eval"  # an evaluation pass between training steps (forwards without gradients)
+MARK_DEEP_WINDOW = "deep_window"  # a deep window (tbdprof/deep.py): step = its first step; deep.json has the rest
+OP_MODULE_PREFIX = "module: "  # an ops row named "module: layer3.0.conv2" is that layer's forward range
 
 # Columns added after version 1 files were first written: readers fill them
 # with nulls in older segments instead of rejecting those.
@@ -172,7 +207,6 @@ METRICS: dict[str, Metric] = {
         _m("torch.inactive_split_bytes", "bytes", "device", "caching allocator: free bytes inside split blocks (fragmentation)"),
         _m("torch.alloc_retries", "count", "device", "caching allocator: cudaMalloc retries after freeing its cache", True),
         _m("recorder.sampler_cpu_s", "seconds", "process", "CPU time spent by the sampler thread", True),
-        _m("recorder.dropped", "count", "process", "records dropped by the recorder", True),
     )
 }
 
@@ -192,6 +226,18 @@ COVERAGE_RECORDED = "recorded"  # seen and recorded
 COVERAGE_MISSING = "missing"  # there to see, not recorded: a gap the reader must be told about
 COVERAGE_NOT_APPLICABLE = "not_applicable"  # nothing to record (one rank: no collectives)
 COVERAGE_STATES = (COVERAGE_RECORDED, COVERAGE_MISSING, COVERAGE_NOT_APPLICABLE)
+
+# --- progress: hangs and failures (table hangs, per-rank status.json) -------------
+
+HANG_HANG = "hang"  # no progress for longer than the threshold (the rank may resume)
+HANG_RESUME = "resume"  # progress again after a hang
+HANG_ERROR = "error"  # the training thread raised out of the recorder (a peer gone, a timeout)
+HANG_EVENTS = (HANG_HANG, HANG_RESUME, HANG_ERROR)
+# where the training thread is: loading data (in the process or a loader worker), inside a
+# collective the script called, in backward (DDP waits for its buckets there), a phase, or elsewhere
+HANG_PLACES = ("data_loading", "collective", "backward", "phase", "other")
+STATUS_FILE = "status.json"  # per rank, rewritten every few seconds while it records: `tbdprof status` reads it
+DEEP_FILE = "deep.json"  # per rank, beside rank.json: the deep windows recorded, their steps and cost
 
 # --- file metadata and layout -----------------------------------------------------
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable
@@ -87,6 +88,8 @@ class SegmentWriter(threading.Thread):
         self.rows_written = {t: 0 for t in schema.TABLES}
         self.rows_dropped = 0
         self.segments = 0
+        self.cpu_s = 0.0  # CPU seconds of this thread (its own clock)
+        self.final_cpu_s = 0.0  # CPU seconds of the final flush, on the thread that stops the writer
         self.compact_every = compact_every
         self._uncompacted: dict[str, list[Path]] = {t: [] for t in schema.TABLES}
         self._seq = 0
@@ -94,15 +97,19 @@ class SegmentWriter(threading.Thread):
         self._lock = threading.Lock()  # one flush at a time (thread vs. final flush)
 
     def run(self) -> None:
+        t0 = time.thread_time()
         while not self._halt.wait(self.interval_s):
             self.flush()
+            self.cpu_s = time.thread_time() - t0
 
     def stop(self) -> None:
         """Stop the thread, write what is left and compact the last segments."""
         self._halt.set()
         if self.is_alive():
             self.join(timeout=max(10.0, 2 * self.interval_s))
+        t0 = time.thread_time()
         self.flush(final=True)
+        self.final_cpu_s += time.thread_time() - t0
 
     def flush(self, final: bool = False) -> None:
         with self._lock:

@@ -58,6 +58,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     hvd.add_argument("--hierarchical-allreduce", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
     hvd.add_argument("--horovod-timeline", action="store_true", help="record Horovod's timeline into the run's store")
     p.add_argument("--memory-every", type=int, default=20, help="measure the memory breakdown every N steps (default 20)")
+    p.add_argument("--deep-every", type=int, default=None, metavar="N",
+                   help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
+    p.add_argument("--deep-steps", type=int, default=None, metavar="K", help="steps per deep window (default 5)")
     p.add_argument("--no-profile", action="store_true", help="run the same loop without the profiler (baseline)")
     fault = p.add_argument_group("fault injection (for experiments: plant a known bottleneck, then `tbdprof diagnose`)")
     fault.add_argument("--data-delay-ms", type=float, default=0.0, help="every sample takes this much longer to load (slow storage)")
@@ -98,6 +101,13 @@ def validate(args) -> tuple:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
     if args.warmup < 0 or (args.num_workers is not None and args.num_workers < 0):
         raise UsageError("--warmup and --num-workers must not be negative")
+    if args.deep_every is not None or args.deep_steps is not None:
+        from tbdprof.deep import config as deep_config
+
+        try:
+            deep_config(args.deep_every or 0, args.deep_steps)
+        except ValueError as e:
+            raise UsageError(f"--deep-every/--deep-steps: {e}") from None
     if args.data_delay_ms < 0 or args.slow_ms < 0 or (args.slow_rank is not None and args.slow_ms == 0):
         raise UsageError("--data-delay-ms and --slow-ms must not be negative; --slow-rank needs --slow-ms")
     if args.slow_rank is not None and type(wl).train_step is not Workload.train_step:
@@ -247,6 +257,7 @@ def train(args) -> int:
     prof = tbdprof.Profiler(
         out=args.out, run_id=args.run_id, sample_hz=args.sample_hz, flush_s=args.flush_s,
         warmup_steps=args.warmup, memory_every=args.memory_every, enabled=not args.no_profile, metadata=config,
+        deep_every=args.deep_every, deep_steps=args.deep_steps,
     )
     bar, tick = _progress(info.rank, args.steps)
     step_times: list[float] = []

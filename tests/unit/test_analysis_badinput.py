@@ -100,3 +100,14 @@ def test_segment_damaged_past_its_footer(tmp_path, capsys):
     assert cli.main(["export", str(path), "-o", str(tmp_path / "t.json")]) == 0
     assert "data unreadable" in capsys.readouterr().err
     assert cli.main(["export", str(path), "-o", str(tmp_path / "no such dir" / "t.json")]) == 2
+
+
+def test_status_bad_input_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    for target in (tmp_path / "nope", tmp_path):
+        proc = subprocess.run([sys.executable, "-m", "tbdprof", "status", str(target)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and proc.stdout == "", proc
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tbdprof: error:"), proc.stderr

@@ -1,12 +1,12 @@
 """Bus bandwidth (nccl-tests definitions), link capacity parsing, interface bytes per step."""
 
-import argparse
 
 import pytest
 from storebuilder import MS, steps, write_rank, write_run
 
 from tbdprof import schema
 from tbdprof.analysis.bandwidth import collective_bandwidth, network_usage, parse_bandwidth
+from tbdprof.errors import UserError
 from tbdprof.analysis.load import open_run
 
 T0 = 10**18
@@ -44,7 +44,7 @@ def test_parse_bandwidth(text, expected):
 
 @pytest.mark.parametrize("text", ["", "fast", "1.2.3Gbit", "10 furlongs"])
 def test_parse_bandwidth_rejects(text):
-    with pytest.raises(argparse.ArgumentTypeError):
+    with pytest.raises(UserError, match="cannot read"):
         parse_bandwidth(text)
 
 

@@ -1,0 +1,108 @@
+"""Deep windows (tbdprof/deep.py): the schedule, the ops table against torch.profiler's own totals, the views."""
+
+import gzip
+import json
+
+import pytest
+import torch
+
+import tbdprof
+from tbdprof import deep, schema
+from tbdprof.analysis import load
+from tbdprof.analysis.ops import OpsError, ops_summary
+
+
+def test_schedule_depends_on_the_step_alone():
+    starts = [s for s in range(40) if deep.scheduled_start(s, 10, 2)]
+    assert starts == [10, 20, 30]
+    assert not deep.scheduled_start(2, 2, 2)  # never inside the warm-up
+    assert [s for s in range(40) if deep.scheduled_start(s, 0, 2)] == []
+
+
+def test_config_checks_and_reads_the_environment(monkeypatch):
+    monkeypatch.setenv(deep.ENV_DEEP_EVERY, "50")
+    monkeypatch.delenv(deep.ENV_DEEP_STEPS, raising=False)
+    assert deep.config(None, None) == (50, deep.DEFAULT_STEPS)
+    assert deep.config(20, 3) == (20, 3)
+    for bad in ((5, 5), (-1, 3), (10, 0)):
+        with pytest.raises(ValueError):
+            deep.config(*bad)
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.head = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 14 * 14, 10))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)))
+
+
+def _train(tmp_path, steps=16, **kw):
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(steps)]
+    with tbdprof.Profiler(out=tmp_path, run_id="r", flush_s=1, clock_sync=False, **kw) as prof:
+        prof.watch(model, opt)
+        for x, y in prof.loader(data):
+            with prof.phase("forward"):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            with prof.phase("backward"):
+                loss.backward()
+            with prof.phase("optimizer"):
+                opt.step()
+                opt.zero_grad()
+    return tmp_path / "r", prof
+
+
+def test_window_ops_agree_with_key_averages(tmp_path, monkeypatch):
+    seen = []
+    process = deep.DeepWindows._process
+
+    def capture(self, w):
+        out = process(self, w)  # events are parsed by now: key_averages reads the same profile
+        seen.append({k.key: k.self_cpu_time_total * 1e3 for k in w.prof.key_averages()})
+        return out
+
+    monkeypatch.setattr(deep.DeepWindows, "_process", capture)
+    run_dir, prof = _train(tmp_path, deep_every=6, deep_steps=3)
+    info = json.loads(next(run_dir.glob("host=*/rank=0/deep.json")).read_text())
+    assert [(w["first"], w["last"], w["excluded"]) for w in info["windows"]] == [(6, 8, [6, 9]), (12, 14, [12, 15])]
+    run = load.open_run(run_dir)
+    per_name = {}
+    for step, name, ns in run.sql("SELECT step, name, sum(self_ns) FROM ops GROUP BY 1, 2"):
+        assert 6 <= step <= 8 or 12 <= step <= 14
+        per_name[name] = per_name.get(name, 0) + ns
+    torch_totals = {}
+    for window in seen:
+        for k, v in window.items():
+            torch_totals[k] = torch_totals.get(k, 0) + v
+    ours, theirs = sum(per_name.values()), sum(torch_totals.values())
+    assert abs(ours - theirs) <= 0.03 * theirs
+    for name in ("aten::convolution_backward", "aten::mm", "aten::addmm"):
+        assert per_name[name] == pytest.approx(torch_totals[name], rel=0.03)
+    # layers: forward and backward both attributed
+    layers = {m for (m,) in run.sql("SELECT DISTINCT module FROM ops WHERE name = 'aten::convolution_backward'")}
+    assert layers == {"conv"}
+    assert {m for (m,) in run.sql("SELECT DISTINCT module FROM ops WHERE name = 'aten::addmm'")} == {"head.1"}
+    # always-on views leave window steps out; the marks stay; spans_all has everything
+    assert run.sql("SELECT count(*) FROM spans WHERE kind = 'step'")[0][0] == 16 - 8
+    assert run.sql("SELECT count(*) FROM spans_all WHERE kind = 'step'")[0][0] == 16
+    assert run.sql(f"SELECT step FROM spans WHERE name = '{schema.MARK_DEEP_WINDOW}' ORDER BY 1") == [(6,), (12,)]
+    # the raw Kineto trace, with the rank in its distributed info
+    trace = json.loads(gzip.open(run_dir / next(run_dir.glob("host=*")).name / "rank=0" / info["windows"][0]["trace"]).read())
+    assert trace["distributedInfo"]["rank"] == 0 and trace["distributedInfo"]["world_size"] == 1
+    assert any(e.get("name") == "module: conv" for e in trace["traceEvents"])
+    s = ops_summary(run)
+    assert s["per_rank"][0]["window_steps"] == 6
+    assert s["per_rank"][0]["layers"][0]["module"] in ("conv", "head.1")
+
+
+def test_no_windows_no_ops_and_one_line_error(tmp_path):
+    run_dir, _ = _train(tmp_path, steps=6)
+    run = load.open_run(run_dir)
+    assert not run.has(schema.OPS) and run.sql("SELECT count(*) FROM ops")[0][0] == 0
+    assert run.sql("SELECT count(*) FROM spans_all")[0][0] == run.sql("SELECT count(*) FROM spans")[0][0]
+    with pytest.raises(OpsError, match="no deep window"):
+        ops_summary(run)
