@@ -123,11 +123,44 @@ def straggler(ctx: Context) -> list[Finding]:
     where = ("outside the recorded phases" if part == OUTSIDE_PHASES else f"in {part.replace('_', ' ')}" if part
              else "in no recorded phase")
     title = f"{head}. Time lost {where}" + (f" ({cause})" if cause != where else "") + f"; evidence: {' and '.join(used)}"
+    advice = _advice(cause, who)
+    ops = _operator_level(ctx, max(late, key=late.get), phase)
+    if ops:
+        evidence["operator_level"] = ops
+        top = ops["layer"] or ops["operator"]
+        title += (f". In its deep windows, {top['what']} takes {top['rank_ms']:.2f} ms per step vs "
+                  f"{top['others_ms']:.2f} on the others" + (f" ({top['ratio']:.1f}x)" if top["ratio"] else " (only there)"))
+        advice += f" Operator by operator: tbdprof ops {ctx.run.path} --rank {ops['rank']}."
     return [Finding(
         kind="straggler", severity=graded(worst / step_s, LATE_FRACTION, LATE_CRITICAL), ranks=sorted(late), hosts=hosts,
-        title=title, evidence=evidence, recommendation=_advice(cause, who), time_range_s=ctx.window_s,
+        title=title, evidence=evidence, recommendation=advice, time_range_s=ctx.window_s,
         score=worst / step_s,
     )]
+
+
+def _operator_level(ctx: Context, rank: int, phase: str | None) -> dict | None:
+    """What ``rank`` does differently at operator level in the run's deep windows (in ``phase`` when it is one
+    the operators can be placed in), or None without windows: the layer and the operator it spends most more on."""
+    from ..ops import OpsError, ops_summary
+
+    if not ctx.run.has(schema.OPS):
+        return None
+    try:
+        diff = ops_summary(ctx.run, rank=rank, phase=phase if phase in (schema.PHASE_FORWARD, schema.PHASE_BACKWARD,
+                                                                        schema.PHASE_OPTIMIZER) else None)["difference"]
+    except OpsError:  # this rank recorded no window, or none in that phase
+        return None
+    if not diff or not (diff["layers"] or diff["operators"]):
+        return None
+
+    def first(rows, key, label):
+        if not rows:
+            return None
+        r = rows[0]
+        return {"what": f"{label} {r[key]}", "rank_ms": r["rank_ms"], "others_ms": r["others_ms"], "ratio": r["ratio"]}
+
+    return {"rank": rank, "phase": phase, "layer": first(diff["layers"], "module", "layer"),
+            "operator": first(diff["operators"], "name", "operator")}
 
 
 def _slow_part(comp: dict, late: dict[int, float]) -> tuple[str | None, float, str | None]:

@@ -34,3 +34,9 @@ def test_windows_agree_across_ranks_and_name_the_slow_layer(tmp_path):
     assert forward["difference"]["layers"][0]["module"] == "body.slow"
     bad = run_cli("ops", run_dir, "--rank", "7", check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+    # diagnose goes from "rank 1 is a straggler" to the layer, in the same finding
+    (straggler,) = [f for f in json.loads(run_cli("diagnose", run_dir, "--json").stdout) if f["kind"] == "straggler"]
+    assert straggler["ranks"] == [1], straggler["title"]
+    assert straggler["evidence"]["operator_level"]["layer"]["what"] == "layer body.slow", straggler["evidence"]
+    assert "layer body.slow takes" in straggler["title"] and "tbdprof ops" in straggler["recommendation"]
