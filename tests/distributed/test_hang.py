@@ -1,5 +1,5 @@
-"""Hangs and dead ranks (issue 22): planted faults under `tbdprof profile -- torchrun` (DDP over gloo),
-diagnosed with the right rank, place and time; `tbdprof status` flags a live hang.
+"""Hangs and dead ranks (issue 22): planted faults under `tbdprof profile -- torchrun` (DDP over gloo) and
+`tbdprof run`, diagnosed with the right rank, place and time; `tbdprof status` flags a live hang.
 
 Thresholds are seconds (TBDPROF_HANG_S=3, status every 0.5 s); every planted job is killed in a finally.
 """
@@ -167,3 +167,28 @@ def test_one_slow_step_is_not_a_hang(tmp_path):
     assert not [f for f in found if f["kind"] == "hang"], found
     live = _cli("status", run)
     assert live.returncode == 0 and "HANG" not in live.stdout, live.stdout
+
+
+def test_tbdprof_run_rank_stuck_in_forward(tmp_path, data_cache):
+    """Under `tbdprof run`: rank 1 stalls inside its forward (the runner's own --slow-rank), rank 0 waits for
+    its gradients in DDP's allreduce; the finding names rank 1 in forward and the launcher records the job."""
+    cmd = [sys.executable, "-m", "tbdprof", "run", "resnet50", "--preset", "tiny", "--nproc", "2", "--steps", "40",
+           "--out", str(tmp_path), "--run-id", "run", "--flush-s", "0.5", "--no-report",
+           "--slow-rank", "1", "--slow-ms", "600000", "--slow-mode", "sleep"]
+    proc = subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    run = tmp_path / "run"
+    try:
+        st = _wait_hung(run)
+        _check_detection_time(st[1])
+        live = _cli("status", run)
+        assert live.returncode == 0 and "HANG" in live.stdout, live.stdout
+    finally:
+        _kill(proc)
+    f = _hang_finding(run)
+    assert f["severity"] == "critical" and f["ranks"] == [1], f
+    ev = f["evidence"]["per_rank"]
+    assert ev["1"]["phase"] == "forward" and "in _stall" in ev["1"]["location"], ev  # the runner's planted stall
+    assert "time.sleep" in f["evidence"]["stack_excerpt"]["1"], f["evidence"]["stack_excerpt"]["1"]
+    assert ev["0"]["place"] == "backward" and ev["0"]["collective"].startswith("allreduce bucket"), ev
+    assert "rank 1 stuck in forward (train.py:" in f["title"] and "rank 0 waits in backward for allreduce" in f["title"], f["title"]
