@@ -53,8 +53,7 @@ def parse_bandwidth(text: str) -> float:
 
 def network_usage(run: Run) -> dict:
     """Per host and interface: bytes sent/received over the run, bytes/s and bytes per step in steady state."""
-    steps = run.sql("SELECT count(*) FROM spans WHERE kind = 'step' AND step >= ? GROUP BY rank ORDER BY 1 DESC LIMIT 1",
-                    [run.warmup_steps])
+    steps = run.sql("SELECT count(*) FROM steady_steps GROUP BY rank ORDER BY 1 DESC LIMIT 1")
     window = run.steady_window
     period = (window[1] - window[0]) / 1e9 / steps[0][0] if window and steps else None
     out: dict[str, dict] = {}
@@ -74,9 +73,8 @@ def collective_bandwidth(run: Run, link_bytes_per_s: float | None = None) -> dic
     capacity is unknown (no ``--link-bandwidth``).
     """
     n = run.world_size
-    warm = run.warmup_steps
     out: dict[str, dict] = {}
-    names = [n for (n,) in run.sql("SELECT DISTINCT name FROM spans WHERE kind = 'comm' AND step >= ? ORDER BY 1", [warm])]
+    names = [n for (n,) in run.sql("SELECT DISTINCT name FROM steady_comm ORDER BY 1")]
     for name in names:
         # one collective: the same spans as the breakdown's, whose islands are cached
         where = steady_comm(run) if len(names) == 1 else steady_comm(run, (name,))

@@ -18,9 +18,9 @@ from .load import Run, sql_list
 
 # Phases during which communication counts as hidden behind work on the rank.
 NOT_COMPUTE = (schema.PHASE_DATA, schema.PHASE_COMM)
-_COMPUTE = f"kind = 'phase' AND name NOT IN {sql_list(NOT_COMPUTE)}"
-_BACKWARD = f"kind = 'phase' AND name = '{schema.PHASE_BACKWARD}'"
-_ANY_PHASE = "kind = 'phase'"
+_ANY_PHASE = f"kind = '{schema.KIND_PHASE}'"
+_COMPUTE = f"{_ANY_PHASE} AND name NOT IN {sql_list(NOT_COMPUTE)}"
+_BACKWARD = f"{_ANY_PHASE} AND name = '{schema.PHASE_BACKWARD}'"
 
 
 def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> dict[int, dict[str, int]]:
@@ -75,7 +75,7 @@ def _coverage_ns(run: Run, base: str, others: dict[str, str]) -> dict[int, dict[
 
 def steady_comm(run: Run, names: tuple[str, ...] | None = None) -> str:
     """SQL condition: steady-state communication spans (of collectives ``names``, or all)."""
-    cond = f"kind = 'comm' AND step >= {int(run.warmup_steps)}"
+    cond = f"kind = '{schema.KIND_COMM}' AND step >= {int(run.warmup_steps)}"
     return cond if names is None else f"{cond} AND name IN {sql_list(names)}"
 
 
@@ -107,21 +107,9 @@ def phase_breakdown(run: Run) -> dict:
     step into parts that add up to it: the phases, exposed communication
     outside every phase, and ``idle`` (the rest of ``other``).
     """
-    warm = run.warmup_steps
-    step_rows = run.sql(
-        "SELECT rank, sum(end_ns - start_ns), count(*) FROM spans WHERE kind = 'step' AND step >= ? GROUP BY rank",
-        [warm],
-    )
-    phase_rows = run.sql(
-        "SELECT p.rank, p.name, sum(p.end_ns - p.start_ns) FROM spans p "
-        "WHERE p.kind = 'phase' AND p.step >= ? GROUP BY p.rank, p.name",
-        [warm],
-    )
-    comm_rows = run.sql(
-        "SELECT rank, name, sum(end_ns - start_ns), sum(bytes), count(*) FROM spans "
-        "WHERE kind = 'comm' AND step >= ? GROUP BY rank, name",
-        [warm],
-    )
+    step_rows = run.sql("SELECT rank, sum(end_ns - start_ns), count(*) FROM steady_steps GROUP BY rank")
+    phase_rows = run.sql("SELECT rank, name, sum(end_ns - start_ns) FROM steady_phases GROUP BY rank, name")
+    comm_rows = run.sql("SELECT rank, name, sum(end_ns - start_ns), sum(bytes), count(*) FROM steady_comm GROUP BY rank, name")
     overlap = comm_overlap(run)
     per_rank: dict[str, dict] = {}
     totals: dict[int, tuple[int, int]] = {r: (t, n) for r, t, n in step_rows}

@@ -23,10 +23,10 @@ def io_figures(run: Run) -> dict:
     wait = {
         r: (ns / 1e9 / n, ns / total if total else None)
         for r, ns, n, total in run.sql(
-            "SELECT p.rank, sum(p.end_ns - p.start_ns), count(DISTINCT p.step), any_value(s.total) FROM spans p "
-            "LEFT JOIN (SELECT rank, sum(end_ns - start_ns) AS total FROM spans WHERE kind = 'step' AND step >= ? GROUP BY rank) s "
-            "USING (rank) WHERE p.kind = 'phase' AND p.name = ? AND p.step >= ? GROUP BY p.rank",
-            [run.warmup_steps, schema.PHASE_DATA, run.warmup_steps],
+            "SELECT p.rank, sum(p.end_ns - p.start_ns), count(DISTINCT p.step), any_value(s.total) FROM steady_phases p "
+            "LEFT JOIN (SELECT rank, sum(end_ns - start_ns) AS total FROM steady_steps GROUP BY rank) s "
+            "USING (rank) WHERE p.name = ? GROUP BY p.rank",
+            [schema.PHASE_DATA],
         )
     }
     per_rank: dict[str, dict] = {}

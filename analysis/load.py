@@ -78,7 +78,7 @@ class Run:
     @cached_property
     def steady_window(self) -> tuple[int, int] | None:
         """(start, end) in aligned ns from the first steady-state step's start to the last step's end."""
-        row = self.sql("SELECT min(start_ns), max(end_ns) FROM spans WHERE kind = 'step' AND step >= ?", [self.warmup_steps])
+        row = self.sql("SELECT min(start_ns), max(end_ns) FROM steady_steps")
         return None if row[0][0] is None else (row[0][0], row[0][1])
 
 
@@ -246,7 +246,18 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
                          f"FROM read_parquet({plist}, hive_partitioning=false, union_by_name=true)")
         con.execute(f"CREATE VIEW {table} AS " + " UNION ALL ".join(scans))
     windows.define_views(con, run.ranks)  # spans without deep-window steps; spans_all with them
+    _define_steady_views(con, run.warmup_steps)
     return con
+
+
+# The steady state, written once: the spans of the steps after warm-up (deep-window steps already left out).
+STEADY_VIEWS = {"steady_steps": schema.KIND_STEP, "steady_phases": schema.KIND_PHASE, "steady_comm": schema.KIND_COMM}
+
+
+def _define_steady_views(con: duckdb.DuckDBPyConnection, warmup_steps: int) -> None:
+    """Views ``steady_steps``, ``steady_phases`` and ``steady_comm``: that kind of span in the steps >= warm-up."""
+    for view, kind in STEADY_VIEWS.items():
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM spans WHERE kind = '{kind}' AND step >= {int(warmup_steps)}")
 
 
 def _sql_str(value: str) -> str:

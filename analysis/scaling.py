@@ -22,7 +22,7 @@ from tbdprof import schema, store
 from tbdprof.errors import UserError
 
 from . import network
-from .breakdown import coverage_ns
+from .breakdown import coverage_ns, steady_comm
 from .load import Run, RunError, analyse
 from .steps import step_stats
 
@@ -38,7 +38,7 @@ class ScalingError(UserError):
 
 # ---------------------------------------------------------------- one run
 
-def _split_sql(warm: int) -> str:
+def _split_sql() -> str:
     not_compute = f"('{schema.PHASE_DATA}', '{schema.PHASE_COMM}')"
     ov = "greatest(0, least(p.end_ns, w.we) - greatest(p.start_ns, w.ws))"
     dur = "(p.end_ns - p.start_ns)"
@@ -48,15 +48,14 @@ def _split_sql(warm: int) -> str:
     cols = ", ".join(f"coalesce(sum({dur}) FILTER (WHERE p.{c}), 0) AS {k}, coalesce(sum({ov}) FILTER (WHERE p.{c}), 0) AS {k}_w"
                      for k, c in sums.items())
     return (
-        f"WITH st AS (SELECT rank, step, start_ns AS s, end_ns AS e FROM spans WHERE kind = 'step' AND step >= {warm}), "
-        f"c AS (SELECT rank, step, max(start_ns) AS l, max(end_ns) AS ce FROM spans "
-        f"WHERE kind = '{schema.KIND_COMM}' AND step >= {warm} GROUP BY ALL), "
+        "WITH st AS (SELECT rank, step, start_ns AS s, end_ns AS e FROM steady_steps), "
+        "c AS (SELECT rank, step, max(start_ns) AS l, max(end_ns) AS ce FROM steady_comm GROUP BY ALL), "
         "lm AS (SELECT step, max(l) AS last FROM c GROUP BY step), "
         # no comm in the step: an empty wait at its start (DuckDB's least/greatest skip NULLs)
         "w0 AS (SELECT st.*, CASE WHEN c.l IS NULL THEN st.s ELSE least(greatest(c.l, st.s), st.e) END AS ws, "
         "c.ce, lm.last FROM st LEFT JOIN c USING (rank, step) LEFT JOIN lm USING (step)), "
         "w AS (SELECT *, CASE WHEN ce IS NULL THEN ws ELSE greatest(least(ce, e), ws) END AS we FROM w0), "
-        f"p AS (SELECT rank, step, name, start_ns, end_ns FROM spans WHERE kind = 'phase' AND step >= {warm}), "
+        "p AS (SELECT rank, step, name, start_ns, end_ns FROM steady_phases), "
         f"ph AS (SELECT w.rank, w.step, {cols} FROM w JOIN p USING (rank, step) GROUP BY ALL), "
         "r AS (SELECT w.e - w.s AS step_ns, w.we - w.ws AS wait, greatest(0, least(w.last, w.we) - w.ws) AS sync, "
         "coalesce(data, 0) AS data, coalesce(data_w, 0) AS data_w, coalesce(cph, 0) AS cph, coalesce(cph_w, 0) AS cph_w, "
@@ -79,7 +78,7 @@ def step_split(run: Run) -> dict:
     the wait; ``data_wait`` the data-wait phase outside the wait; ``other``
     the step time no phase and no wait covers.
     """
-    n, step_ns, *parts = run.sql(_split_sql(int(run.warmup_steps)))[0]
+    n, step_ns, *parts = run.sql(_split_sql())[0]
     return {"rank_steps": int(n or 0), "step_s": (step_ns or 0) / 1e9} | {c: (v or 0) / 1e9 for c, v in zip(CAUSES, parts)}
 
 
@@ -111,7 +110,7 @@ def run_figures(run: Run, repeat: int | None = None) -> dict:
     if period is not None:
         causes["other"] += period - split["step_s"]  # time between steps
     fig["split_s"] = causes
-    busy_ns = sum(c["total"] for c in coverage_ns(run, f"kind = '{schema.KIND_COMM}' AND step >= {int(run.warmup_steps)}").values())
+    busy_ns = sum(c["total"] for c in coverage_ns(run, steady_comm(run)).values())
     busy = busy_ns / 1e9 / split["rank_steps"] if busy_ns and split["rank_steps"] else None
     fig["comm"] = {
         "busy_s": busy, "transfer_s": max(0.0, busy - split["sync_wait"]) if busy is not None else None,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from tbdprof import schema
+
 from .load import Run
 from .timeline import Series, span_series
 
-_STEADY = "kind = 'step' AND step >= ?"
 _STATS = ("count(*), quantile_cont(d, [0.5, 0.9, 0.99]), min(d), max(d), avg(d), coalesce(stddev_samp(d), 0), "
           "sum(items), min(start_ns), max(end_ns), sum(units)")
 
@@ -28,12 +29,12 @@ def step_stats(run: Run) -> dict:
     much slower the slowest rank's median step is than the fastest's.
     """
     warm = run.warmup_steps
-    inner = f"SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, units, start_ns, end_ns FROM spans WHERE {_STEADY}"
-    total = run.sql(f"SELECT {_STATS} FROM ({inner})", [warm])[0]
+    inner = "SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, units, start_ns, end_ns FROM steady_steps"
+    total = run.sql(f"SELECT {_STATS} FROM ({inner})")[0]
     unit = throughput_unit(run)
     if not total[0]:
         return {"steps": 0, "warmup_steps": warm, "unit": unit, "per_rank": {}, "ranks_without_steps": sorted(run.ranks)}
-    per_rank = {str(r): _stats(row) for r, *row in run.sql(f"SELECT rank, {_STATS} FROM ({inner}) GROUP BY rank ORDER BY rank", [warm])}
+    per_rank = {str(r): _stats(row) for r, *row in run.sql(f"SELECT rank, {_STATS} FROM ({inner}) GROUP BY rank ORDER BY rank")}
     overall = _stats(total)
     wall = overall["last_end_ns"] - overall["first_start_ns"]
     items = overall["items"]
@@ -71,4 +72,4 @@ def _stats(row) -> dict:
 
 def step_series(run: Run) -> Series:
     """Step duration (s) over time per rank, all steps, bucketed to a bounded number of points."""
-    return span_series(run, "kind = 'step'")
+    return span_series(run, f"kind = '{schema.KIND_STEP}'")

@@ -63,7 +63,7 @@ def rank_states(run) -> dict[int, dict]:
                    "collective, stacks FROM hangs ORDER BY ts_ns") if run.has(schema.HANGS) else []
     last_seen = dict(run.sql("SELECT rank, max(t) FROM (SELECT rank, max(end_ns) AS t FROM spans GROUP BY rank "
                              "UNION ALL SELECT rank, max(ts_ns) FROM samples GROUP BY rank) GROUP BY rank"))
-    steps = dict(run.sql("SELECT rank, max(step) FROM spans WHERE kind = 'step' GROUP BY rank"))
+    steps = dict(run.sql(f"SELECT rank, max(step) FROM spans WHERE kind = '{schema.KIND_STEP}' GROUP BY rank"))
     status = _status_files(run)
     codes = run.meta.get("exit_codes") if isinstance(run.meta.get("exit_codes"), list) else []
     out: dict[int, dict] = {}
