@@ -5,7 +5,9 @@ Layout: one process (``pid``) per rank, named ``rank R (host)``; threads
 other span kind (``comm 0``, ``comm 1``, ``mark 0``, ``hvd 0``...): spans of
 those kinds may overlap, so each goes to the first lane of its kind that is
 free at its start, and slices on one thread never partially overlap. Spans are complete events
-(``"ph": "X"``); samples are counter events (``"ph": "C"``), one track per
+(``"ph": "X"``); the progress watch's hangs are on thread ``hangs`` (3): a complete event from the
+last progress to the resume or the end of the recording, instants (``"ph": "i"``) where a hang was
+seen, resumed or failed; samples are counter events (``"ph": "C"``), one track per
 metric and device, counters as per-second rates. ``ts`` and ``dur`` are
 microseconds since the run's first timestamp on the aligned clock; that zero,
 in Unix nanoseconds, is ``otherData.t0_unix_ns``.
@@ -29,7 +31,7 @@ from tbdprof.errors import UserError
 from .load import Run, analyse
 from .timeline import is_counter, label, rate_sql
 
-TID_STEPS, TID_PHASES, TID_LANES = 1, 2, 10
+TID_STEPS, TID_PHASES, TID_HANGS, TID_LANES = 1, 2, 3, 10
 _KIND_TID = {schema.KIND_STEP: TID_STEPS, schema.KIND_PHASE: TID_PHASES}
 _NESTED = f"kind IN ('{schema.KIND_STEP}', '{schema.KIND_PHASE}')"
 BATCH_ROWS = 50_000
@@ -72,6 +74,9 @@ def trace_events(run: Run, ranks: list[int] | None = None, start_s: float | None
     cols = "rank, step, name, kind, start_ns, end_ns, bytes, items"
     yield from _slices(run, f"SELECT {cols} FROM spans WHERE {_NESTED} AND {span_where}", params, t0, None)
     yield from _slices(run, f"SELECT {cols} FROM spans WHERE NOT {_NESTED} AND {span_where} ORDER BY rank, start_ns", params, t0, {})
+    if run.has(schema.HANGS):
+        hang_where, params = _filters(ranks, start_s, end_s, t0, "since_ns", "ts_ns")
+        yield from _hangs(run, hang_where, params, t0)
     sample_where, params = _filters(ranks, start_s, end_s, t0, "ts_ns", "ts_ns")
     yield from _counters(run, sample_where, params, t0)
 
@@ -95,6 +100,39 @@ def _slices(run: Run, query: str, params: list, t0: int, lanes: dict | None) -> 
                 tid = free[0]
             yield {"ph": "X", "name": name, "cat": kind, "pid": rank, "tid": tid,
                    "ts": (start - t0) / 1e3, "dur": max(0, end - start) / 1e3, "args": args}
+
+
+def _hangs(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
+    """The progress watch's events on a ``hangs`` thread of each rank: a hang is a complete event from the
+    last progress to its resume (else to the end of the rank's recording) named after the place, plus an
+    instant where it was seen (with the stacks); a resume and an error are instants."""
+    query = (
+        "SELECT h.rank, step, event, ts_ns, since_ns, threshold_s, place, waiting_in, location, phase, collective, stacks, "
+        "CASE WHEN event = 'hang' AND lead(event) OVER w = 'resume' THEN lead(ts_ns) OVER w END AS resumed_ns, e.end_ns "
+        "FROM hangs h LEFT JOIN (SELECT rank, max(t) AS end_ns FROM (SELECT rank, max(end_ns) AS t FROM spans GROUP BY rank "
+        "UNION ALL SELECT rank, max(ts_ns) FROM samples GROUP BY rank UNION ALL SELECT rank, max(ts_ns) FROM hangs GROUP BY rank) "
+        f"GROUP BY rank) e ON e.rank = h.rank WHERE {where.replace('rank IN', 'h.rank IN')} "
+        "WINDOW w AS (PARTITION BY h.rank ORDER BY ts_ns) ORDER BY h.rank, ts_ns")
+    from .hangs import place_label
+
+    named = set()
+    for b in _batches(run, query, params):
+        for rank, step, event, ts, since, thr, place, waiting, loc, phase, coll, stacks, resumed, end in zip(*b.values()):
+            if rank not in named:
+                named.add(rank)
+                yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": TID_HANGS, "args": {"name": "hangs"}}
+            info = {"step": step, "place": place, "waiting_in": waiting, "location": loc, "phase": phase, "collective": coll,
+                    "threshold_s": thr}
+            info = {k: v for k, v in info.items() if v is not None}
+            label = place_label("failed" if event == schema.HANG_ERROR else "hung", info)
+            if event == schema.HANG_HANG:
+                stop = resumed if resumed is not None else max(end or ts, ts)
+                yield {"ph": "X", "name": f"no progress: {label}", "cat": "hang", "pid": rank, "tid": TID_HANGS,
+                       "ts": (since - t0) / 1e3, "dur": max(0, stop - since) / 1e3,
+                       "args": info | {"resumed": resumed is not None, "since_s": (since - t0) / 1e9}}
+            name = {schema.HANG_HANG: f"hang seen: {label}", schema.HANG_RESUME: "resumed"}.get(event, f"error: {label}")
+            yield {"ph": "i", "s": "t", "name": name, "cat": "hang", "pid": rank, "tid": TID_HANGS, "ts": (ts - t0) / 1e3,
+                   "args": info | {"event": event, "no_progress_s": (ts - since) / 1e9} | ({"stacks": stacks} if stacks else {})}
 
 
 def _counters(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:

@@ -27,8 +27,11 @@ td:first-child,th:first-child{text-align:left}.diff{background:#fff3cd}.note{col
 .kpi{display:inline-block;margin:0 2em 1em 0}.kpi b{display:block;font-size:1.6em}figure{margin:1em 0}
 figure svg{max-width:100%;height:auto}nav a{margin-right:1em}
 .coverage td{text-align:left}.cov-mark{font-weight:bold;width:1.5em}.cov-recorded .cov-mark{color:#2e7d32}
-.cov-missing .cov-mark,.cov-missing .cov-how{color:#c62828}.cov-unknown .cov-mark{color:#8a6d3b}"""
+.cov-missing .cov-mark,.cov-missing .cov-how{color:#c62828}.cov-unknown .cov-mark{color:#8a6d3b}
+.hang-title{font-weight:bold;color:#c62828;font-size:1.1em}.hang-info{color:#8a6d3b}
+.hang-ranks td,.hang-ranks th{text-align:left}pre.stack{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}"""
 
+HANG_SECTION = "Hang"  # first, only when a rank hung, failed or died (summary["hangs"])
 SECTIONS = ("Coverage", "Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O", "Environment", "Ranks")
 
 
@@ -98,6 +101,63 @@ def _coverage(summary: dict) -> list[str]:
         out.append(f'<p class="note">Figures that need {_esc(", ".join(gaps))} are incomplete or absent in this report '
                    f'(✗ missing: there to see, not recorded; ? unknown: this recording does not say).</p>')
     return out
+
+
+def _hang_rows(hangs: dict) -> list[dict]:
+    """The lanes of the hang timeline (plots.rank_timeline), one per rank."""
+    rows = []
+    for r, h in hangs["per_rank"].items():
+        row = {"name": f"rank {r}", "id": f"hang-rank-{r}", "first_s": h.get("first_s"), "last_s": h.get("last_seen_s"),
+               "label": h.get("label"), "tick": h.get("at_s") if h["state"] == "hung" else None}
+        if h["state"] in ("hung", "resumed", "failed", "dead") and h.get("no_progress_since_s") is not None:
+            row["band"] = (h["no_progress_since_s"], h.get("until_s") or h["no_progress_since_s"])
+        if h["state"] == "dead":
+            row["ended"] = True
+            row["end_label"] = f"recording ends ({h['exit']})" if h.get("exit") else "recording ends: rank died"
+        rows.append(row)
+    return rows
+
+
+def _hang(summary: dict) -> list[str]:
+    """The hang first: the finding's title, each rank's lane on one time axis, a table and the stuck rank's stack."""
+    hangs = summary.get("hangs")
+    if not hangs:
+        return []
+    out = [_section(HANG_SECTION)]
+    cls = "hang-title" if hangs.get("severity") != "info" else "hang-title hang-info"
+    if hangs.get("title"):
+        out.append(f'<p class="{cls}" data-severity="{_esc(hangs.get("severity"))}">{_esc(hangs["title"])}</p>')
+    svg = plots.rank_timeline(_hang_rows(hangs), "progress per rank", "s since run start")
+    ranks = ",".join(r for r, h in hangs["per_rank"].items() if h.get("label"))
+    out.append(f'<figure class="hang-timeline" data-hang-ranks="{_esc(ranks)}" role="img" aria-label="progress per rank">{svg}'
+               '<figcaption class="note">Grey: the rank\'s recording. Red: no progress, from its last step end to the resume, '
+               'else to the end of its recording; the tick is when the hang was seen; a cross, where a dead rank\'s '
+               'recording ends.</figcaption></figure>' if svg else "")
+    header = ["rank", "state", "step", "place", "location", "no progress since", "no progress for"]
+    body = []
+    for r, h in hangs["per_rank"].items():
+        state = h["state"] + (" (culprit)" if h.get("culprit") else "")
+        cells = [r, state, h.get("step"), h.get("label") or "-", h.get("location") or "-",
+                 "-" if h.get("no_progress_since_s") is None else f"{h['no_progress_since_s']:.1f} s",
+                 "-" if h.get("no_progress_for_s") is None else f"{h['no_progress_for_s']:.1f} s"]
+        body.append(f'<tr data-rank="{_esc(r)}" data-state="{_esc(h["state"])}" data-place="{_esc(h.get("label") or "")}">'
+                    + "".join(f"<td>{_esc('-' if c is None else c)}</td>" for c in cells) + "</tr>")
+    out.append('<table class="hang-ranks"><tr>' + "".join(f"<th>{_esc(c)}</th>" for c in header) + "</tr>" + "".join(body) + "</table>")
+    for r, text in hangs.get("stack_excerpt", {}).items():
+        out.append(f"<p>Stack of rank {_esc(r)} (the part that names the place; every thread's: the rank's <code>hangs</code> table):</p>")
+        out.append(f'<pre class="stack" data-rank="{_esc(r)}">{_esc(text)}</pre>')
+    return out
+
+
+def _hang_bands(summary: dict) -> list[tuple[float, float, str, str]]:
+    """One band for the figures over time: from the earliest last progress to the latest end of a hang."""
+    hangs = summary.get("hangs") or {}
+    spans = [(h["no_progress_since_s"], h.get("until_s") or h["no_progress_since_s"])
+             for h in hangs.get("per_rank", {}).values() if h.get("no_progress_since_s") is not None]
+    if not spans:
+        return []
+    what = "no progress (hang, resumed)" if hangs.get("resumed") else "no progress (hang)"
+    return [(min(a for a, _ in spans), max(b for _, b in spans), what, "hang-band-steps")]
 
 
 def _breakdown(summary: dict) -> list[str]:
@@ -223,15 +283,17 @@ def render_html(run: Run, summary: dict) -> str:
     """The report as one HTML string."""
     run_meta = summary["run"]
     title = f"tbdprof report: {run_meta.get('run_id') or run.path.name}"
-    nav = "".join(f'<a href="#{_slug(s)}">{_esc(s)}</a>' for s in SECTIONS)
+    sections = ((HANG_SECTION,) if summary.get("hangs") else ()) + SECTIONS
+    nav = "".join(f'<a href="#{_slug(s)}">{_esc(s)}</a>' for s in sections)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",
              f"<p>{_subject(run_meta)}, {summary['world_size']} ranks on "
              f"{len(summary['hosts'])} host(s): {_esc(', '.join(summary['hosts']))}; generated {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
              f"<nav>{nav}</nav>"]
-    parts += _coverage(summary) + _overview(summary)
+    parts += _hang(summary) + _coverage(summary) + _overview(summary)
     parts.append(_section("Step time"))
-    parts.append(_figure(plots.lines(step_series(run), "step time", "s since run start", "ms", 1e-3), "step time over the run"))
+    parts.append(_figure(plots.lines(step_series(run), "step time", "s since run start", "ms", 1e-3, bands=_hang_bands(summary)),
+                         "step time over the run"))
     parts += _breakdown(summary) + _utilization(run, summary) + _memory(run, summary) + _network(run, summary)
     parts += _io(run, summary) + _environment(summary)
     parts.append("</body></html>")

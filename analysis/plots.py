@@ -50,9 +50,11 @@ def _envelope(series: dict[str, list[tuple[float, float]]]) -> tuple[list[float]
     return xs, lo, mid, hi
 
 
-def lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str, scale: float = 1.0) -> str | None:
+def lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str, ylabel: str, scale: float = 1.0,
+          bands: list[tuple[float, float, str, str]] = ()) -> str | None:
     """One line per key of ``series`` ((x, y) points), or, for many series, their median in a
-    min-max band; None when there is nothing to draw."""
+    min-max band; None when there is nothing to draw. ``bands``: (x0, x1, label, id) spans of x
+    shaded behind the lines (a hang: no progress from x0 to x1), the SVG group named ``id``."""
     series = {k: v for k, v in series.items() if v}
     if not series:
         return None
@@ -67,11 +69,50 @@ def lines(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str,
             continue
         xs, ys = zip(*pts)
         ax.plot(xs, [y / scale for y in ys], label=_plain(label), linewidth=1.2)
+    for x0, x1, text, gid in bands:
+        ax.axvspan(x0, max(x1, x0), color=HANG_COLOR, alpha=0.15, linewidth=0, gid=gid, label=_plain(text))
     ax.set_title(_plain(title), loc="left")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7, frameon=False, ncol=4)
+    return _svg(fig)
+
+
+HANG_COLOR = "#c62828"
+
+
+def rank_timeline(rows: list[dict], title: str, xlabel: str) -> str | None:
+    """One lane per rank: its recording (``first_s`` to ``last_s``), a band of no progress
+    (``band``: (x0, x1)) with ``label`` written over it and a tick at ``tick`` (when the hang was
+    seen), and, where ``ended`` (a dead rank), a cross where its recording stops. SVG groups are
+    named ``{id}-band``, ``{id}-label``, ``{id}-end`` so a reader (or a test) can find them."""
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.5 * min(24, len(rows))))
+    names = [_plain(r["name"]) for r in rows]
+    xmax = max([r.get("last_s") or 0 for r in rows] + [(r.get("band") or (0, 0))[1] for r in rows])
+    for i, r in enumerate(rows):
+        first, last = r.get("first_s") or 0.0, r.get("last_s") or 0.0
+        ax.barh(i, max(0.0, last - first), left=first, height=0.35, color="#90a4ae", gid=f"{r['id']}-recording")
+        if r.get("band"):
+            x0, x1 = r["band"]
+            color = "#9e9e9e" if r.get("ended") else HANG_COLOR  # after a death: nothing recorded
+            ax.barh(i, max(x1 - x0, xmax * 0.002), left=x0, height=0.7, color=color, alpha=0.35, hatch="xx" if r.get("ended") else "//",
+                    edgecolor=color, linewidth=0.5, gid=f"{r['id']}-band")
+            ax.text(x0, i - 0.42, _plain(r.get("label") or ""), fontsize=7, color=HANG_COLOR, va="bottom", ha="left",
+                    gid=f"{r['id']}-label", clip_on=False)
+        if r.get("tick") is not None:
+            ax.plot([r["tick"], r["tick"]], [i - 0.35, i + 0.35], color=HANG_COLOR, linewidth=1.5)
+        if r.get("ended"):
+            ax.plot([last], [i], marker="X", markersize=9, color="black", gid=f"{r['id']}-end")
+            ax.text(last, i + 0.45, _plain(r.get("end_label") or "recording ends"), fontsize=7, va="top",
+                    ha="right" if last > xmax * 0.6 else "left", gid=f"{r['id']}-end-label")
+    ax.set_yticks(range(len(rows)), names)
+    ax.set_ylim(len(rows) - 0.4, -0.9)
+    ax.set_xlim(left=0, right=xmax * 1.02 if xmax else 1)
+    ax.set_title(_plain(title), loc="left")
+    ax.set_xlabel(xlabel)
     return _svg(fig)
 
 

@@ -23,6 +23,7 @@ from .coverage import run_coverage, summary_coverage
 from .dataio import io_figures
 from .environment import environment_table
 from .gpu import gpu_figures
+from .hangs import hang_summary
 from .html_report import render_html
 from .load import Run, analyse
 from .memory import memory_breakdown
@@ -107,6 +108,7 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
         "ranks": ranks,
         "per_rank_steps": steps.get("per_rank", {}),
         "profiling_cost": profiling_cost(run),
+        "hangs": hang_summary(run),  # null unless a rank hung, failed or died (analysis/hangs.py)
     }
 
 

@@ -70,6 +70,9 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     run = summary["run"]
     con.print(f"[bold]tbdprof report[/bold]  {escape(str(run.get('run_id') or run_dir.name))}  "
               f"{escape(header_subject(run))}  ranks={summary['world_size']} hosts={len(summary['hosts'])}", markup=True)
+    from .hangs import print_hangs
+
+    print_hangs(con, summary.get("hangs"))  # a hang or a dead rank first: its title and where each rank is
     if summary.get("coverage"):
         print_coverage(con, summary["coverage"])
     notes = list(summary["problems"])

@@ -79,8 +79,9 @@ class Pipe:
                 return e
 
 
-def inspect(browser: str, page: Path, timeout: float = 60) -> dict:
-    """Load ``page``; return the probe's findings plus ``errors`` (console errors, exceptions) and ``requests``."""
+def inspect(browser: str, page: Path, timeout: float = 60, extra: str | None = None) -> dict:
+    """Load ``page``; return the probe's findings plus ``errors`` (console errors, exceptions) and ``requests``;
+    with ``extra`` (a JavaScript expression), its JSON-serialisable value as ``extra``."""
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
 
@@ -105,6 +106,9 @@ def inspect(browser: str, page: Path, timeout: float = 60) -> dict:
             cdp.call("Page.navigate", session, url=page.resolve().as_uri())
             cdp.wait_event("Page.loadEventFired", timeout)
             found = json.loads(cdp.call("Runtime.evaluate", session, expression=PROBE, returnByValue=True)["result"]["value"])
+            if extra:
+                found["extra"] = json.loads(cdp.call("Runtime.evaluate", session, expression=f"JSON.stringify({extra})",
+                                                     returnByValue=True)["result"]["value"])
             try:
                 cdp.call("Browser.close", timeout=5)
             except (EOFError, TimeoutError):

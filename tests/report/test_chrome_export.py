@@ -12,7 +12,7 @@ from tbdprof import cli
 from tbdprof.analysis.load import open_run
 
 REQUIRED = {"X": {"name", "ph", "ts", "dur", "pid", "tid"}, "C": {"name", "ph", "ts", "pid", "args"},
-            "M": {"name", "ph", "pid", "args"}}
+            "M": {"name", "ph", "pid", "args"}, "i": {"name", "ph", "ts", "pid", "tid", "s"}}
 
 
 def _validate(doc: dict) -> list[dict]:
@@ -30,9 +30,12 @@ def _validate(doc: dict) -> list[dict]:
             continue
         assert isinstance(e["ts"], numbers.Real) and e["ts"] >= 0
         assert e["pid"] in named_pids
+        if e["ph"] in ("X", "i"):
+            assert (e["pid"], e["tid"]) in named_tids
         if e["ph"] == "X":
             assert isinstance(e["dur"], numbers.Real) and e["dur"] >= 0
-            assert (e["pid"], e["tid"]) in named_tids
+        elif e["ph"] == "i":
+            assert e["s"] in ("t", "p", "g")
         else:
             assert e["args"] and all(isinstance(v, numbers.Real) for v in e["args"].values())
     return events
