@@ -1,5 +1,5 @@
 """Analysis subcommands: ``tbdprof report``, ``tbdprof export``, ``tbdprof compare``, ``tbdprof diagnose``,
-``tbdprof scaling``."""
+``tbdprof scaling``, ``tbdprof trace``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def cmd_ops(args) -> int:
     from .ops import ops_command
 
     return ops_command(args.run_dir, rank=args.rank, phase=args.phase, json_out=args.json)
+
+
+def cmd_trace(args) -> int:
+    from .trace import trace_command
+
+    return trace_command(args.run_dir, steps=args.steps, timeout_s=args.timeout, json_out=args.json)
 
 
 def cmd_status(args) -> int:
@@ -127,6 +133,14 @@ def add_parsers(sub) -> None:
     s.add_argument("--phase", default=None, metavar="P", help="only operators that started in this phase (forward, backward...)")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.set_defaults(func=cmd_ops)
+
+    s = sub.add_parser("trace", help="ask the live ranks of a running job for a deep window now (torch.profiler, every rank)")
+    s.add_argument("run_dir", help="the run folder of a job running now")
+    s.add_argument("--steps", type=int, default=5, metavar="K", help="steps in the window (default 5)")
+    s.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="seconds to wait for every rank to record it (default 120)")
+    s.add_argument("--json", action="store_true", help="print where the window landed as JSON")
+    s.set_defaults(func=cmd_trace)
 
     s = sub.add_parser("scaling", help="scaling report of a sweep or runs: efficiency, its causes, comm model, projection")
     s.add_argument("paths", nargs="+", metavar="SWEEP_DIR|RUN_DIR", help="a sweep folder (sweep.json) or run folders")

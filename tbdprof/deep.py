@@ -26,6 +26,36 @@ profiler's start/stop time on the training thread, the writer's CPU time and
 bytes. Window steps (and the step after, which carries the profiler's stop in
 loops driven by ``prof.loader()``) are marked with a ``mark`` span named
 ``deep_window``; analysis leaves them out of always-on figures.
+
+**On demand** (``tbdprof trace RUN_DIR``, with or without a schedule): the
+command writes ``deep_request.json`` into the run folder: a request id, the
+window's length and its first step, which the command chose (the most
+advanced rank's step from its ``status.json``, plus a margin of steps that
+covers the status age and the polling delay). Every rank's progress-watch
+thread, which already wakes every couple of seconds, stats that one file
+(:meth:`DeepWindows.poll_request`; never the training thread) and hands a new
+request to the step observer through one attribute. All ranks open the window
+at that same absolute step, so they agree without a collective; a rank that
+sees the request only after the step has begun records it as ``missed``
+(``deep.json`` ``requests``) and the command asks again with a larger margin.
+A window open at the requested step (a scheduled one) defers the on-demand
+window to the step after the next, on every rank alike. ``TBDPROF_DEEP_REQUESTS=0``
+turns requests off.
+
+**On an anomaly** (opt in: ``TBDPROF_DEEP_ANOMALY=1.5x3``, budget
+``TBDPROF_DEEP_ANOMALY_PER_HOUR``, default 4): the step observer compares each
+step's duration (step end to step end) with the median of the last
+:data:`ANOMALY_BASELINE` steps outside windows (recomputed every 10 steps, so
+the hot path is one comparison); ``steps`` consecutive steps slower than
+``factor`` x the median open a window (trigger ``anomaly``) at the next
+multiple of :data:`ANOMALY_GRID` steps, if fewer than the budget opened in the
+last hour; then it re-arms after a step under the threshold. A slowdown of a
+synchronous job is seen by every rank at about the same steps (the others wait
+for the slow one in the collective), so ranks whose detecting steps fall
+between the same two multiples open the same window; noise at the edge of the
+slowdown can move one rank's detection across a multiple, and without a
+collective nothing makes them agree: the windows are per rank (each rank's
+``deep.json``, with the median and the slow steps it saw).
 """
 
 from __future__ import annotations
@@ -51,6 +81,105 @@ ENV_DEEP_STEPS = "TBDPROF_DEEP_STEPS"  # steps per window
 DEFAULT_STEPS = 5
 TRACE_MAX_BYTES = 32 * 2**20  # a window's gzip'd Kineto trace above this is not kept (deep.json says so)
 TRIGGER_SCHEDULE = "schedule"
+TRIGGER_ON_DEMAND = schema.DEEP_TRIGGER_ON_DEMAND
+ENV_DEEP_REQUESTS = "TBDPROF_DEEP_REQUESTS"  # "0": ignore `tbdprof trace` requests
+REQUEST_MAX_STEPS = 100  # the longest on-demand window
+TRIGGER_ANOMALY = schema.DEEP_TRIGGER_ANOMALY
+ENV_DEEP_ANOMALY = "TBDPROF_DEEP_ANOMALY"  # "FACTORxSTEPS", e.g. 1.5x3: a window after 3 steps 1.5x the median
+ENV_DEEP_ANOMALY_PER_HOUR = "TBDPROF_DEEP_ANOMALY_PER_HOUR"
+DEFAULT_ANOMALY_PER_HOUR = 4
+ANOMALY_BASELINE = 50  # steps the running median is taken over
+ANOMALY_MIN_BASELINE = 10  # steps past warm-up before any anomaly window
+_MEDIAN_EVERY = 10
+ANOMALY_GRID = 5  # an anomaly window starts at the next multiple of this after the detecting step
+
+
+def anomaly_config(text: str | None = None, per_hour: str | None = None) -> tuple[float, int, int] | None:
+    """(factor, steps, windows per hour) from ``TBDPROF_DEEP_ANOMALY`` (``1.5x3``), or None when off."""
+    text = os.environ.get(ENV_DEEP_ANOMALY, "") if text is None else text
+    per_hour = os.environ.get(ENV_DEEP_ANOMALY_PER_HOUR, "") if per_hour is None else per_hour
+    if not text.strip() or text.strip().lower() in ("0", "off", "no"):
+        return None
+    try:
+        factor_s, _, steps_s = text.lower().partition("x")
+        factor, steps = float(factor_s), int(steps_s or 3)
+        budget = int(per_hour) if per_hour.strip() else DEFAULT_ANOMALY_PER_HOUR
+    except ValueError:
+        raise ValueError(f"{ENV_DEEP_ANOMALY} wants FACTORxSTEPS (1.5x3), {ENV_DEEP_ANOMALY_PER_HOUR} a whole number") from None
+    if factor <= 1 or steps < 1 or budget < 1:
+        raise ValueError(f"{ENV_DEEP_ANOMALY}: the factor must exceed 1, steps and the hourly budget be at least 1")
+    return factor, steps, budget
+
+
+class _Anomaly:
+    """Step-time watch of one rank: consecutive steps slower than factor x the running median."""
+
+    __slots__ = ("factor", "steps", "per_hour", "durations", "threshold_ns", "median_ns", "since_median", "run",
+                 "armed", "opened", "prev_end", "skip_until", "pending")
+
+    def __init__(self, factor: float, steps: int, per_hour: int):
+        self.factor, self.steps, self.per_hour = factor, steps, per_hour
+        self.durations: deque = deque(maxlen=ANOMALY_BASELINE)
+        self.threshold_ns = self.median_ns = 0
+        self.since_median = 0
+        self.run: list[int] = []  # durations of the slow steps in a row
+        self.armed = True
+        self.opened: list[float] = []  # monotonic times of the anomaly windows opened
+        self.prev_end: int | None = None
+        self.skip_until = -1  # window steps and the one carrying its stop: not in the baseline
+        self.pending: tuple[int, dict] | None = None  # (first step, what was seen) of the window to open
+
+    def step(self, step: int, end_ns: int | None, warmup: int) -> bool:
+        """Note a step's end; True when a window should open at the next step."""
+        prev, self.prev_end = self.prev_end, end_ns
+        if prev is None or end_ns is None or step <= warmup or step <= self.skip_until:
+            return False
+        dur = end_ns - prev
+        if self.threshold_ns and dur > self.threshold_ns:
+            self.run.append(dur)
+            if self.armed and len(self.run) >= self.steps:
+                now = time.monotonic()
+                self.opened = [t for t in self.opened if now - t < 3600]
+                if len(self.opened) < self.per_hour:
+                    self.opened.append(now)
+                    self.armed = False
+                    return True
+            return False
+        self.run.clear()
+        self.armed = True
+        self.durations.append(dur)
+        self.since_median += 1
+        if len(self.durations) >= ANOMALY_MIN_BASELINE and (self.since_median >= _MEDIAN_EVERY or not self.threshold_ns):
+            self.since_median = 0
+            ordered = sorted(self.durations)
+            self.median_ns = ordered[len(ordered) // 2]
+            self.threshold_ns = int(self.factor * self.median_ns)
+        return False
+
+
+def requests_enabled() -> bool:
+    """Does this process answer ``tbdprof trace`` requests? (yes unless ``TBDPROF_DEEP_REQUESTS=0``)"""
+    return os.environ.get(ENV_DEEP_REQUESTS, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def parse_request(data: Any) -> tuple[str, int, int] | None:
+    """(id, first step, steps) of a request file's contents, or None when it is not a valid request."""
+    if not isinstance(data, dict):
+        return None
+    rid, first, steps = data.get("id"), data.get("first"), data.get("steps")
+    if not isinstance(rid, str) or not rid or isinstance(first, bool) or isinstance(steps, bool):
+        return None
+    if not isinstance(first, int) or not isinstance(steps, int) or first < 1 or not 1 <= steps <= REQUEST_MAX_STEPS:
+        return None
+    return rid, first, steps
+
+
+class _Request:
+    __slots__ = ("id", "first", "steps", "entry", "deferred")
+
+    def __init__(self, rid: str, first: int, steps: int, entry: dict):
+        self.id, self.first, self.steps, self.entry = rid, first, steps, entry
+        self.deferred = False  # another window was open at `first`: start when it has closed
 
 
 def config(every: int | None, steps: int | None) -> tuple[int, int]:
@@ -74,10 +203,13 @@ def scheduled_start(step: int, every: int, warmup_steps: int) -> bool:
 
 
 class _Window:
-    __slots__ = ("first", "last", "trigger", "prof", "start_ns", "end_ns", "start_call_s", "stop_call_s", "step_ends")
+    __slots__ = ("first", "last", "trigger", "prof", "start_ns", "end_ns", "start_call_s", "stop_call_s", "step_ends",
+                 "request", "anomaly")
 
-    def __init__(self, first: int, steps: int, trigger: str):
+    def __init__(self, first: int, steps: int, trigger: str, request: _Request | None = None):
         self.first, self.last, self.trigger = first, first + steps - 1, trigger
+        self.request = request
+        self.anomaly: dict | None = None  # what the anomaly watch saw (trigger anomaly)
         self.prof = None
         self.start_ns = self.end_ns = 0
         self.start_call_s = self.stop_call_s = 0.0
@@ -157,6 +289,17 @@ class DeepWindows:
         self.windows: list[dict] = []  # what deep.json lists
         self.failed: str | None = None
         self._lock = threading.Lock()
+        self.request: _Request | None = None  # an on-demand request waiting for its first step
+        self.requests: list[dict] = []  # the requests seen, for deep.json (state: pending, started, missed...)
+        self._request_key = None  # (mtime, size, inode) of the request file last read
+        self._request_ids: set[str] = set()
+        self._dirty = False  # a request's state changed on the training thread: deep.json to rewrite
+        try:
+            cfg = anomaly_config()
+        except ValueError as e:  # a bad setting must not stop the training: no anomaly windows, said once
+            log.warning("tbdprof: %s", e)
+            cfg = None
+        self.anomaly = _Anomaly(*cfg) if cfg else None
 
     # --- training thread ---------------------------------------------------------
 
@@ -167,13 +310,85 @@ class DeepWindows:
     def step_ended(self, step: int) -> None:
         """Step observer: close the window after its last step; open one before a window's first step."""
         w = self.window
+        req = self.request
+        an = self.anomaly
+        if an is not None:
+            slow = an.step(step, self.prof.last_step_end_ns, self.prof.warmup_steps)
+            if slow:
+                info = {"factor": an.factor, "median_ms": round(an.median_ns / 1e6, 3),
+                        "slow_ms": [round(d / 1e6, 3) for d in an.run[-an.steps:]], "at_step": step}
+                an.pending = (step // ANOMALY_GRID + 1) * ANOMALY_GRID, info
+        if an is not None and an.pending is not None and w is None and self.failed is None and req is None:
+            first, info = an.pending
+            if step + 1 >= first:
+                an.pending = None
+                w = _Window(step + 1, self.steps, TRIGGER_ANOMALY)
+                w.anomaly = info
+                self._start(w)
+                return
         if w is not None:
             w.step_ends.append((step, self.prof.last_step_end_ns))
+            if req is not None and step + 1 == req.first:
+                req.deferred = True  # on every rank alike: the open window is at the same steps everywhere
             if step >= w.last:
                 self._stop()
             return
-        if self.failed is None and scheduled_start(step + 1, self.every, self.prof.warmup_steps):
+        if self.failed is not None:
+            return
+        if req is not None:
+            if step + 1 == req.first or req.deferred:
+                self.request = None
+                req.entry["state"] = "started"
+                self._dirty = True
+                self._start(_Window(step + 1, req.steps, TRIGGER_ON_DEMAND, req))
+                return
+            if step + 1 > req.first:  # seen too late: this rank cannot be at the agreed step
+                self.request = None
+                req.entry["state"] = "missed"
+                self._dirty = True
+        if scheduled_start(step + 1, self.every, self.prof.warmup_steps):
             self._start(_Window(step + 1, self.steps, TRIGGER_SCHEDULE))
+
+    # --- the progress watch's thread: on-demand requests (`tbdprof trace`) -------------
+
+    def poll_request(self) -> None:
+        """Stat the run folder's request file; hand a new request to the step observer. Off the training thread."""
+        if self._dirty:
+            self._dirty = False
+            with self._lock:
+                self._write_json()
+        run_dir = self.prof.run_dir
+        if run_dir is None:
+            return
+        path = run_dir / schema.DEEP_REQUEST_FILE
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key == self._request_key:
+            return
+        self._request_key = key
+        try:
+            parsed = parse_request(store.read_json(path))
+        except (OSError, ValueError):
+            return
+        if parsed is None or parsed[0] in self._request_ids:
+            return
+        rid, first, steps = parsed
+        self._request_ids.add(rid)
+        entry = {"id": rid, "first": first, "steps": steps, "seen_at_step": self.prof.step_index,
+                 "seen_ns": clock.now_ns(), "state": "pending"}
+        if self.failed is not None:
+            entry["state"] = "unavailable"
+        else:
+            old = self.request
+            if old is not None:
+                old.entry["state"] = "superseded"
+            self.request = _Request(rid, first, steps, entry)
+        with self._lock:
+            self.requests.append(entry)
+            self._write_json()
 
     def _start(self, w: _Window) -> None:
         t0 = time.perf_counter()
@@ -196,9 +411,13 @@ class DeepWindows:
             p.add_metadata_json("tbdprof", json.dumps(
                 {"run_id": self.prof.run_id, "first_step": w.first, "last_step": w.last, "trigger": w.trigger}))
         except Exception as e:  # noqa: BLE001 - another profiler running, no Kineto...: no windows, training goes on
+            if w.request is not None:
+                w.request.entry["state"] = "failed"
             self._fail(e)
             return
         self.ranges.install()
+        if self.anomaly is not None:
+            self.anomaly.skip_until = w.last + 1  # profiled steps (and the stop's) are no baseline for step times
         w.prof = p
         w.start_call_s = time.perf_counter() - t0
         self.window = w
@@ -232,6 +451,14 @@ class DeepWindows:
         """Turn closed windows into ``ops`` rows and trace files; at the end (``force``) close an open one."""
         if force and self.window is not None:
             self._stop()
+        if force and self.request is not None:
+            self.request.entry["state"] = "run ended"
+            self.request = None
+            self._dirty = True
+        if self._dirty:
+            self._dirty = False
+            with self._lock:
+                self._write_json()
         with self._lock:
             while self.done:
                 w = self.done.popleft()
@@ -239,7 +466,8 @@ class DeepWindows:
                     self.windows.append(self._process(w))
                 except Exception as e:  # noqa: BLE001 - one bad window must not stop the recording
                     log.warning("tbdprof: deep window %d-%d not recorded (%s: %s)", w.first, w.last, e.__class__.__name__, e)
-                    self.windows.append({"first": w.first, "last": w.last, "trigger": w.trigger, "error": str(e)})
+                    self.windows.append({"first": w.first, "last": w.last, "trigger": w.trigger, "error": str(e),
+                                         **({"request": w.request.id} if w.request is not None else {})})
                 w.prof = None
                 self._write_json()
 
@@ -271,6 +499,8 @@ class DeepWindows:
             self.ops.append(r)
         return {
             "first": w.first, "last": w.last, "trigger": w.trigger,
+            **({"request": w.request.id} if w.request is not None else {}),
+            **({"anomaly": w.anomaly} if w.anomaly is not None else {}),
             "excluded": [w.first, w.last + 1],  # steps always-on figures leave out (the next carries the stop)
             "start_ns": w.start_ns, "end_ns": w.end_ns,
             "start_call_s": round(w.start_call_s, 6), "stop_call_s": round(w.stop_call_s, 6),
@@ -331,7 +561,13 @@ class DeepWindows:
         return rows
 
     def _write_json(self) -> None:
-        data: dict[str, Any] = {"every": self.every, "steps": self.steps, "windows": self.windows}
+        data: dict[str, Any] = {"every": self.every, "steps": self.steps, "windows": self.windows,
+                                "requests": self.requests}
+        an = self.anomaly
+        if an is not None:
+            data["anomaly"] = {"factor": an.factor, "steps": an.steps, "per_hour": an.per_hour,
+                               "baseline_steps": ANOMALY_BASELINE,
+                               "windows": sum(1 for w in self.windows if w.get("trigger") == TRIGGER_ANOMALY)}
         if self.failed:
             data["failed"] = self.failed
         try:

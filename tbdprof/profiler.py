@@ -135,7 +135,9 @@ class Profiler:
         Deep windows (:mod:`tbdprof.deep`): every ``deep_every`` steps, record
         ``deep_steps`` steps (default 5) with torch.profiler into table ``ops``
         and a Kineto trace. Default: env ``TBDPROF_DEEP_EVERY`` /
-        ``TBDPROF_DEEP_STEPS``; 0 or unset, no windows.
+        ``TBDPROF_DEEP_STEPS``; 0 or unset, no windows on a schedule. Either
+        way ``tbdprof trace RUN_DIR`` asks a live run for one on demand
+        (``TBDPROF_DEEP_REQUESTS=0``: not).
     """
 
     def __init__(
@@ -180,7 +182,7 @@ class Profiler:
         from .deep import config as _deep_config
 
         self.deep_every, self.deep_steps = _deep_config(deep_every, deep_steps)
-        self._deep = None  # tbdprof.deep.DeepWindows, when deep_every is set
+        self._deep = None  # tbdprof.deep.DeepWindows, unless deep windows are off altogether
         self._open_span: _Phase | None = None  # the innermost prof.phase()/prof.comm() block open
         self._probes: list[Callable[[], dict]] = []  # open phase / collectives in flight, for the progress watch
         try:
@@ -292,12 +294,14 @@ class Profiler:
             self, self.hang_s, self.hang_factor, progress.env_float(progress.ENV_STATUS_S, progress.DEFAULT_STATUS_S),
             self.rank_dir, self._buffers.tables[schema.HANGS], self._writer.flush)
         self.on_step_end(self._progress.step_ended)
-        if self.deep_every:
-            from .deep import DeepWindows
+        from .deep import ENV_DEEP_ANOMALY, DeepWindows, requests_enabled
 
+        # on a schedule, on demand (`tbdprof trace`), on slow steps (TBDPROF_DEEP_ANOMALY)
+        if self.deep_every or requests_enabled() or os.environ.get(ENV_DEEP_ANOMALY):
             self._deep = DeepWindows(self, self._buffers.tables[schema.OPS], self.deep_every, self.deep_steps)
             self.on_step_end(self._deep.step_ended)
             self._pending.append(self._deep)  # the writer thread turns closed windows into ops rows
+            self._progress.tick_hooks.append(self._deep.poll_request)  # the request file, off the training thread
         self._progress.start()
         self._sampler.start()
         self._started = True

@@ -271,6 +271,7 @@ class ProgressWatch(threading.Thread):
         self._halt = threading.Event()
         self._state = "running"
         self._dir = arm()
+        self.tick_hooks: list[Callable[[], None]] = []  # called on this thread every tick (deep-window requests)
 
     # on the training thread: cheap
     def step_ended(self, step: int) -> None:
@@ -278,9 +279,11 @@ class ProgressWatch(threading.Thread):
         self._durations.append(now - self._last_mono)
         self._last_mono, self._last_ns, self._last_step = now, clock.now_ns(), step
 
+    def median_step_s(self) -> float:
+        return statistics.median(self._durations) if self._durations else 0.0
+
     def threshold_s(self) -> float:
-        med = statistics.median(self._durations) if self._durations else 0.0
-        return max(self.hang_s, self.hang_factor * med)
+        return max(self.hang_s, self.hang_factor * self.median_step_s())
 
     def run(self) -> None:
         self.tick()
@@ -300,6 +303,11 @@ class ProgressWatch(threading.Thread):
         if hang is None and since > threshold:
             self._hang = self._record_hang(threshold)
         self._write_status(since, threshold)
+        for hook in self.tick_hooks:
+            try:
+                hook()
+            except Exception as e:  # noqa: BLE001 - a hook must never stop the watch
+                log.debug("tbdprof: progress tick hook failed: %s", e)
 
     def _row(self, event: str, step: int, since_ns: int, threshold: float, at: dict, stacks: str | None) -> None:
         state = self.prof.progress_state()
@@ -367,7 +375,7 @@ class ProgressWatch(threading.Thread):
             "step": self._last_step + 1 if self.prof.step_open else self._last_step, "step_open": self.prof.step_open,
             "steps_done": self._last_step + 1, "phase": state.get("phase"), "collective": state.get("collective"),
             "last_progress_ns": self._last_ns, "since_progress_s": round(since, 3), "threshold_s": round(threshold, 3),
-            "status_every_s": self.status_s, "hang": hang is not None, "hang_info": hang, "hangs": self.hangs,
+            "step_s": round(self.median_step_s(), 6), "status_every_s": self.status_s, "hang": hang is not None, "hang_info": hang, "hangs": self.hangs,
             "updated_ns": clock.now_ns(),
         }
         try:

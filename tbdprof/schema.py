@@ -238,6 +238,9 @@ HANG_EVENTS = (HANG_HANG, HANG_RESUME, HANG_ERROR)
 HANG_PLACES = ("data_loading", "collective", "backward", "phase", "other")
 STATUS_FILE = "status.json"  # per rank, rewritten every few seconds while it records: `tbdprof status` reads it
 DEEP_FILE = "deep.json"  # per rank, beside rank.json: the deep windows recorded, their steps and cost
+DEEP_REQUEST_FILE = "deep_request.json"  # in the run folder: `tbdprof trace` asks the live ranks for a deep window
+DEEP_TRIGGER_ON_DEMAND = "on_demand"  # deep.json trigger of a window `tbdprof trace` asked for
+DEEP_TRIGGER_ANOMALY = "anomaly"  # deep.json trigger of a window the rank opened on slow steps (TBDPROF_DEEP_ANOMALY)
 
 # --- file metadata and layout -----------------------------------------------------
 

@@ -106,3 +106,103 @@ def test_no_windows_no_ops_and_one_line_error(tmp_path):
     assert run.sql("SELECT count(*) FROM spans_all")[0][0] == run.sql("SELECT count(*) FROM spans")[0][0]
     with pytest.raises(OpsError, match="no deep window"):
         ops_summary(run)
+
+
+# --- on demand (`tbdprof trace`): the rank side, without torch.profiler -------------------------
+
+
+class _FakeProf:
+    def __init__(self, run_dir):
+        self.run_dir, self.rank_dir = run_dir, run_dir
+        self.step_index, self.warmup_steps, self.last_step_end_ns = -1, 2, 0
+
+
+def _recorder(tmp_path, every=0, steps=3):
+    d = deep.DeepWindows(_FakeProf(tmp_path), None, every, steps)
+    opened = []
+
+    def start(w):
+        opened.append((w.first, w.last, w.trigger, w.request.id if w.request else None))
+        d.window = w
+
+    d._start = start
+    d._stop = lambda: setattr(d, "window", None)
+    return d, opened
+
+
+def _ask(tmp_path, d, rid, first, steps=2):
+    from tbdprof import store
+
+    store.write_json_atomic(tmp_path / schema.DEEP_REQUEST_FILE, {"id": rid, "first": first, "steps": steps})
+    d.poll_request()
+
+
+def test_request_opens_at_its_step_and_is_read_once(tmp_path):
+    d, opened = _recorder(tmp_path)
+    for s in range(5):
+        d.step_ended(s)
+    _ask(tmp_path, d, "a", 9)
+    d.poll_request()  # the same file again: nothing new
+    for s in range(5, 14):
+        d.step_ended(s)
+    assert opened == [(9, 10, "on_demand", "a")]
+    d.poll_request()
+    states = json.loads((tmp_path / schema.DEEP_FILE).read_text())["requests"]
+    assert [(r["id"], r["first"], r["state"]) for r in states] == [("a", 9, "started")]
+
+
+def test_request_seen_too_late_is_missed_and_one_inside_a_window_is_deferred(tmp_path):
+    d, opened = _recorder(tmp_path, every=10, steps=3)
+    _ask(tmp_path, d, "late", 4)
+    for s in range(4, 9):  # the first step end it sees is step 4's: step 4, the request's first, has begun
+        d.step_ended(s)
+    d.poll_request()  # the training thread's change reaches deep.json from the watch thread
+    assert json.loads((tmp_path / schema.DEEP_FILE).read_text())["requests"][0]["state"] == "missed"
+    _ask(tmp_path, d, "inside", 11)  # the scheduled window holds 10-12: on-demand starts after the step carrying its stop
+    for s in range(9, 20):
+        d.step_ended(s)
+    assert opened == [(10, 12, "schedule", None), (14, 15, "on_demand", "inside"), (20, 22, "schedule", None)]
+
+
+def test_bad_requests_are_ignored():
+    assert deep.parse_request({"id": "x", "first": 5, "steps": 3}) == ("x", 5, 3)
+    for bad in ({}, {"id": "", "first": 5, "steps": 3}, {"id": "x", "first": True, "steps": 3},
+                {"id": "x", "first": 5, "steps": 0}, {"id": "x", "first": 5, "steps": 10**6}, [1]):
+        assert deep.parse_request(bad) is None
+
+
+def test_trace_chooses_one_step_ahead_of_the_most_advanced_rank():
+    from tbdprof.analysis.trace import MIN_MARGIN, choose_first
+
+    now = 10**18
+    st = [{"steps_done": 100, "step_s": 0.1, "status_every_s": 0.5, "updated_ns": now - 10**9},  # 1 s old: ~110 now
+          {"steps_done": 104, "step_s": 0.1, "status_every_s": 0.5, "updated_ns": now}]
+    first, margin = choose_first(st, now)
+    assert margin == 20 and first == 110 + 20  # (2 x 0.5 s + 1 s) / 0.1 s per step
+    assert choose_first(st, now, scale=2.0)[1] == 40
+    slow = [{"steps_done": 3, "step_s": 30.0, "status_every_s": 2.0, "updated_ns": now}]
+    assert choose_first(slow, now) == (3 + MIN_MARGIN, MIN_MARGIN)
+
+
+def test_anomaly_watch_needs_consecutive_slow_steps_and_keeps_a_budget():
+    assert deep.anomaly_config("", "") is None and deep.anomaly_config("1.5x3", "") == (1.5, 3, deep.DEFAULT_ANOMALY_PER_HOUR)
+    for bad in (("1.0x3", ""), ("2x0", ""), ("fast", ""), ("1.5x3", "0")):
+        with pytest.raises(ValueError):
+            deep.anomaly_config(*bad)
+    an = deep._Anomaly(1.5, 3, 2)
+    t, fired = 0, []
+
+    def steps(durations_ms, start):
+        nonlocal t
+        for i, d in enumerate(durations_ms):
+            t += int(d * 1e6)
+            if an.step(start + i, t, 2):
+                fired.append(start + i)
+
+    steps([10] * 30, 0)
+    steps([20, 20, 10, 20, 20, 10], 30)  # two slow, one normal, two slow: never three in a row
+    assert fired == []
+    steps([20] * 10, 36)  # a slowdown: fires once (at its third step), not again while it lasts
+    assert fired == [38]
+    steps([10] * 5 + [20] * 3 + [10] * 5 + [20] * 3, 46)  # two more episodes; the budget (2 an hour) takes one
+    assert fired == [38, 53]
