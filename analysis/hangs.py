@@ -83,8 +83,9 @@ def hang_summary(run: Run) -> dict | None:
         elif state == "resumed":  # rank_states keeps the resume's time in ts_ns
             row.update(no_progress_since_s=_s(ev["since_ns"], t0), until_s=_s(ev["ts_ns"], t0), resumed=True,
                        no_progress_for_s=(ev["ts_ns"] - ev["since_ns"]) / 1e9)
-        elif state == "failed":
-            row.update(no_progress_since_s=_s(ev.get("since_ns"), t0), at_s=_s(ev["ts_ns"], t0), until_s=_s(ev["ts_ns"], t0))
+        elif state == "failed":  # an error row when the recorder saw the exception; else only the rank's status says so
+            at = ev.get("ts_ns") or seen
+            row.update(no_progress_since_s=_s(ev.get("since_ns"), t0), at_s=_s(at, t0), until_s=_s(at, t0))
         elif state == "dead":  # no sign of life from its last one to the end of the others' recordings
             until = max(t for t in (seen, end_ns) if t) if seen else None
             row.update(no_progress_since_s=_s(seen, t0), until_s=_s(until, t0),

@@ -120,6 +120,10 @@ class Monitor:
 
     def finish(self, status: str) -> bool:
         """Stop sampling; True when the monitor's timelines became a rank of the run."""
+        why = "the command recorded nothing itself (not PyTorch, or it ended before its first training step): " \
+              "only the system timelines tbdprof profile sampled around it"
+        for item in schema.COVERAGE_ITEMS:
+            self.prof.note_coverage(item, schema.COVERAGE_MISSING, why)
         self.prof.close(status=status)
         target = store.rank_dir(self.run_dir, self.prof.info.host, self.prof.info.rank)
         promote = not target.exists() and not any(self.run_dir.glob(f"host=*/rank=*/{schema.RANK_FILE}"))
