@@ -20,3 +20,21 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=True):
     if check and proc.returncode != 0:
         raise AssertionError(f"tbdprof {' '.join(map(str, args))} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_tree(proc) -> None:
+    """SIGKILL a job and every process under it (torchrun starts its ranks in sessions of their own, so
+    killing the job's process group is not enough); then reap it."""
+    import psutil
+
+    try:
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    proc.wait(timeout=30)

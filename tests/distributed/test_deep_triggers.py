@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from clirun import run_cli
+from clirun import kill_tree, run_cli
 from tbdprof.launch.execute import run_here
 from tbdprof.launch.local import new_run_dir
 from tbdprof.launch.local import free_port
@@ -27,23 +27,6 @@ def _start(run: Path, *args):
     cmd = [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()), str(SCRIPT), *args]
     return subprocess.Popen(cmd, env={**os.environ, **ENV, "TBDPROF_RUN_DIR": str(run)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _kill(proc) -> None:
-    """SIGKILL the job's whole tree (torchrun and its ranks)."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(tree, timeout=30)
-    proc.wait(timeout=30)
 
 
 def _wait_steps(run: Path, steps: int, timeout=90) -> None:
@@ -91,7 +74,7 @@ def test_trace_on_demand_lands_at_the_same_steps_on_every_rank(tmp_path):
             time.sleep(0.5)
         assert rows.keys() == {0, 1} and min(rows.values()) > 0, rows
     finally:
-        _kill(proc)
+        kill_tree(proc)
     # not a live run any more (killed: DEAD), and not a run at all: one line on stderr, exit 2
     dead = run_cli("trace", run, "--timeout", "5", check=False)
     assert dead.returncode == 2 and "not a live run" in dead.stderr and len(dead.stderr.strip().splitlines()) == 1, dead.stderr
@@ -116,7 +99,7 @@ def test_trace_beside_a_schedule_and_a_silent_job(tmp_path):
             assert all(a[1] < b[0] for a, b in zip(spans, spans[1:])), spans  # windows never overlap
         # a rank that does not answer (requests off everywhere): the timeout, one line, exit 2
     finally:
-        _kill(proc)
+        kill_tree(proc)
     run2 = tmp_path / "run2"
     proc = subprocess.Popen(
         [str(BIN / "torchrun"), "--nproc-per-node", "2", "--master-port", str(free_port()), str(SCRIPT)],
@@ -129,7 +112,7 @@ def test_trace_beside_a_schedule_and_a_silent_job(tmp_path):
         assert silent.returncode == 2 and "no rank answered" in silent.stderr, silent.stderr
         assert len(silent.stderr.strip().splitlines()) == 1 and time.time() - t0 < 20
     finally:
-        _kill(proc)
+        kill_tree(proc)
 
 
 def _anomaly_run(tmp_path, monkeypatch, name, *args) -> dict[int, dict]:

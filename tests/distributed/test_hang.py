@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from clirun import kill_tree
 from tbdprof.launch.local import free_port
 
 pytestmark = pytest.mark.slow
@@ -34,23 +35,6 @@ def _start(out: Path, *args, manual=False):
         cmd.append("--manual")
     return subprocess.Popen(cmd, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-
-
-def _kill(proc) -> None:
-    """SIGKILL the job's whole tree: torchrun starts its ranks in sessions of their own, so not just our group."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(tree, timeout=30)
-    proc.wait(timeout=30)
 
 
 def _statuses(run: Path) -> dict[int, dict]:
@@ -104,7 +88,7 @@ def test_rank_stuck_in_its_dataloader_workers_getitem(tmp_path):
         rows = {r["rank"]: r for r in json.loads(_cli("status", run, "--json").stdout)}
         assert rows[0]["state"] == rows[1]["state"] == "HANG" and rows[1]["since_progress_s"] >= HANG_S, rows
     finally:
-        _kill(proc)
+        kill_tree(proc)
     f = _hang_finding(run)
     assert f["severity"] == "critical" and f["ranks"] == [1], f
     line = _line("# the planted hang")
@@ -124,7 +108,7 @@ def test_rank_killed_mid_run_others_fail_in_their_collective(tmp_path):
     try:
         proc.wait(timeout=120)  # torchrun tears the job down after the death
     finally:
-        _kill(proc)
+        kill_tree(proc)
     f = _hang_finding(run)
     assert f["severity"] == "critical" and 1 in f["ranks"], f
     assert f["evidence"]["dead_ranks"] == [1], f["evidence"]
@@ -144,7 +128,7 @@ def test_rank_skips_a_collective_the_others_deadlock_in_allreduce(tmp_path, manu
         st = _wait_hung(run)
         _check_detection_time(st[0])
     finally:
-        _kill(proc)
+        kill_tree(proc)
     f = _hang_finding(run)
     assert f["ranks"] == [1], f
     line = _line("# the planted deadlock")
@@ -159,7 +143,7 @@ def test_one_slow_step_is_not_a_hang(tmp_path):
     try:
         out, _ = proc.communicate(timeout=150)
     finally:
-        _kill(proc)
+        kill_tree(proc)
     assert proc.returncode == 0, out[-3000:]
     st = _statuses(run)
     assert sorted(st) == [0, 1] and all(s["hangs"] == 0 and s["state"] == "complete" for s in st.values()), st
@@ -184,7 +168,7 @@ def test_tbdprof_run_rank_stuck_in_forward(tmp_path, data_cache):
         live = _cli("status", run)
         assert live.returncode == 0 and "HANG" in live.stdout, live.stdout
     finally:
-        _kill(proc)
+        kill_tree(proc)
     f = _hang_finding(run)
     assert f["severity"] == "critical" and f["ranks"] == [1], f
     ev = f["evidence"]["per_rank"]

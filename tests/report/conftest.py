@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from clirun import kill_tree
 
 HERE = Path(__file__).parent
 
@@ -47,23 +48,6 @@ PLANT = HERE.parent / "distributed" / "scripts_hang" / "plant_hang.py"
 HANG_S = 3.0
 
 
-def _kill_tree(proc) -> None:
-    """SIGKILL the job and everything under it (torchrun puts its ranks in sessions of their own)."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        tree = []
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(tree, timeout=30)
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="session")
 def hang_run(tmp_path_factory) -> Path:
     """A real hang, made once: `tbdprof profile -- torchrun` of 2 DDP (gloo) ranks, rank 1's DataLoader worker
@@ -98,5 +82,5 @@ def hang_run(tmp_path_factory) -> Path:
             raise AssertionError("no hang flagged on both ranks")
         time.sleep(1.0)  # a little recording after the hang: the band runs past the tick
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
     return run
