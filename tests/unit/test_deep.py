@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tbdprof
+from phased_loop import train_phased
 from tbdprof import deep, schema
 from tbdprof.analysis import load
 from tbdprof.analysis.ops import OpsError, ops_summary
@@ -43,16 +44,8 @@ def _train(tmp_path, steps=16, **kw):
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     data = [(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))) for _ in range(steps)]
-    with tbdprof.Profiler(out=tmp_path, run_id="r", flush_s=1, clock_sync=False, **kw) as prof:
-        prof.watch(model, opt)
-        for x, y in prof.loader(data):
-            with prof.phase("forward"):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            with prof.phase("backward"):
-                loss.backward()
-            with prof.phase("optimizer"):
-                opt.step()
-                opt.zero_grad()
+    prof = tbdprof.Profiler(out=tmp_path, run_id="r", flush_s=1, clock_sync=False, **kw)
+    train_phased(prof, model, opt, data)
     return tmp_path / "r", prof
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import tbdprof
+from phased_loop import train_phased
 from tbdprof import schema
 
 
@@ -32,24 +33,11 @@ def no_launcher(monkeypatch):
         monkeypatch.delenv(v, raising=False)
 
 
-def _train(prof, model, opt, batches):
-    with prof:
-        prof.watch(model, opt)
-        for x, y in prof.loader(batches):
-            with prof.phase("forward"):
-                loss = nn.functional.cross_entropy(model(x), y)
-            with prof.phase("backward"):
-                loss.backward()
-            with prof.phase("optimizer"):
-                opt.step()
-                opt.zero_grad()
-
-
 def test_loader_phases_and_steps(tmp_path, no_launcher):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     prof = tbdprof.Profiler(out=tmp_path, run_id="r", flush_s=0.2, sample_hz=50)
-    _train(prof, model, opt, _batches())
+    train_phased(prof, model, opt, _batches())
     spans = _read(tmp_path / "r", "spans")
     counts = dict(duckdb.sql("SELECT name, count(*) FROM spans GROUP BY name").fetchall())
     assert counts == {"step": 6, "data_wait": 6, "forward": 6, "backward": 6, "optimizer": 6}
@@ -70,7 +58,7 @@ def test_memory_breakdown_counts_weights_grads_state_and_activations(tmp_path, n
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     prof = tbdprof.Profiler(out=tmp_path, run_id="m", flush_s=5)
-    _train(prof, model, opt, _batches(n=3))
+    train_phased(prof, model, opt, _batches(n=3))
     rows = _read(tmp_path / "m", "memory").fetchall()
     cols = schema.TABLES[schema.MEMORY].names
     last = dict(zip(cols, rows[-1]))
@@ -89,7 +77,7 @@ def test_adam_state_is_two_moments_plus_step_counters(tmp_path, no_launcher):
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.Adam(model.parameters())
     prof = tbdprof.Profiler(out=tmp_path, run_id="a", flush_s=5)
-    _train(prof, model, opt, _batches(n=2))
+    train_phased(prof, model, opt, _batches(n=2))
     state = _read(tmp_path / "a", "memory").fetchall()[-1][schema.TABLES[schema.MEMORY].names.index("optimizer_state")]
     n_tensors = len(list(model.parameters()))
     assert state == 2 * n_params * 4 + n_tensors * 4
@@ -209,7 +197,7 @@ def test_comm_spans_from_the_script_carry_their_bytes(tmp_path, no_launcher):
 def test_disabled_profiler_records_nothing(tmp_path, no_launcher):
     prof = tbdprof.Profiler(out=tmp_path, run_id="off", enabled=False)
     model = _model()
-    _train(prof, model, torch.optim.SGD(model.parameters(), lr=0.1), _batches(n=2))
+    train_phased(prof, model, torch.optim.SGD(model.parameters(), lr=0.1), _batches(n=2))
     assert not (tmp_path / "off").exists()
     assert prof.step_index == -1
 

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import tbdprof  # noqa: E402
+from phased_loop import train_phased  # noqa: E402
 from tbdprof.analysis import diagnose, report  # noqa: E402
 
 STEPS = 30
@@ -51,16 +52,8 @@ def _record(out: Path, memory_every: int) -> Path:
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     data = [(torch.randn(4, 8), torch.randint(0, 2, (4,))) for _ in range(STEPS)]
-    with tbdprof.Profiler(out=out, run_id="cost", memory_every=memory_every, sample_hz=10, clock_sync=False) as prof:
-        prof.watch(model, opt)
-        for x, y in prof.loader(data):
-            with prof.phase("forward"):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            with prof.phase("backward"):
-                loss.backward()
-            with prof.phase("optimizer"):
-                opt.step()
-                opt.zero_grad()
+    train_phased(tbdprof.Profiler(out=out, run_id="cost", memory_every=memory_every, sample_hz=10, clock_sync=False),
+                 model, opt, data)
     return out / "cost"
 
 
