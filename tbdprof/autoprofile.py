@@ -370,10 +370,7 @@ class AutoRecorder:
         return self._fwd_post_top(module, args, output)
 
     @_guarded
-    def _fwd_pre_top(self, module, args) -> None:
-        if self._depth:
-            self._depth += 1
-            return
+    def _fwd_pre_top(self, module, args) -> None:  # no model forward in progress (the fast path took those)
         if self.torch._C._current_graph_task_id() != -1 or not TRAINED.is_trained(module):
             return  # a loss or metric module, a frozen copy, or recomputation inside backward
         grad = self.torch.is_grad_enabled()
@@ -389,12 +386,10 @@ class AutoRecorder:
         self.steps.forward_begin(module, args)
 
     @_guarded
-    def _fwd_post_top(self, module, args, output) -> None:
+    def _fwd_post_top(self, module, args, output) -> None:  # depth 0 or 1 (the fast path took the deeper ones)
         if not self._depth:
             return
-        self._depth -= 1
-        if self._depth:
-            return
+        self._depth = 0
         if self._training_fwd:
             self.steps.forward_end(output)
         else:
