@@ -269,17 +269,26 @@ class Context:
     def rss_trend(self) -> dict[int, dict]:
         """Per rank, a least-squares line through its RSS readings over the last three quarters of the
         steady window (the first quarter still fills caches and allocator pools): ``slope_bytes_per_s``,
-        ``r2``, ``growth_bytes`` (slope x span), ``median_bytes``, ``span_s``, ``readings``."""
+        ``r2``, ``growth_bytes`` (slope x span), ``median_bytes``, ``span_s``, ``readings``, and
+        ``bytes_per_step``: the growth over the readings' span divided by the steps that ended in it
+        (time between steps counts, as it does for the memory)."""
         w = self.run.steady_window
         if w is None or not self.run.has(schema.SAMPLES):
             return {}
         start = w[0] + (w[1] - w[0]) // 4
         rows = self.run.sql(
-            "SELECT rank, regr_slope(value, ts_ns / 1e9), regr_r2(value, ts_ns / 1e9), median(value), "
-            "(max(ts_ns) - min(ts_ns)) / 1e9, count(*) FROM samples WHERE metric = 'mem.rss_bytes' AND ts_ns BETWEEN ? AND ? "
-            "GROUP BY rank ORDER BY rank", [start, w[1]])
-        return {r: {"slope_bytes_per_s": slope, "r2": r2, "growth_bytes": (slope or 0) * span, "median_bytes": med,
-                    "span_s": span, "readings": n} for r, slope, r2, med, span, n in rows}
+            "WITH r AS (SELECT rank, regr_slope(value, ts_ns / 1e9) AS slope, regr_r2(value, ts_ns / 1e9) AS r2, "
+            "median(value) AS med, min(ts_ns) AS t0, max(ts_ns) AS t1, count(*) AS n FROM samples "
+            "WHERE metric = 'mem.rss_bytes' AND ts_ns BETWEEN ? AND ? GROUP BY rank) "
+            "SELECT r.rank, slope, r2, med, (t1 - t0) / 1e9, n, "
+            "(SELECT count(*) FROM steady_steps s WHERE s.rank = r.rank AND s.end_ns BETWEEN t0 AND t1) "
+            "FROM r ORDER BY r.rank", [start, w[1]])
+        out = {}
+        for r, slope, r2, med, span, n, steps in rows:
+            growth = (slope or 0) * span
+            out[r] = {"slope_bytes_per_s": slope, "r2": r2, "growth_bytes": growth, "median_bytes": med,
+                      "span_s": span, "readings": n, "bytes_per_step": growth / steps if steps else None}
+        return out
 
     def read_rates(self) -> dict[int, dict[str, float]]:
         """Per rank, bytes/s over the steady window of ``io.read_chars`` and ``io.read_bytes`` (first to last reading)."""

@@ -68,8 +68,7 @@ def memory_leak(ctx: Context) -> list[Finding]:
         growth, med = t["growth_bytes"], t["median_bytes"] or 0
         if (t["readings"] >= LEAK_MIN_READINGS and (t["r2"] or 0) >= LEAK_R2
                 and growth >= max(LEAK_MIN_BYTES, LEAK_MIN_SHARE * med)):
-            step_s = ctx.per_rank.get(r, {}).get("step_s")
-            leaking[r] = t | {"bytes_per_step": t["slope_bytes_per_s"] * step_s if step_s else None, "growth_share": growth / med}
+            leaking[r] = t | {"growth_share": growth / med}
     if not leaking:
         return []
     worst = max(t["growth_share"] for t in leaking.values())
