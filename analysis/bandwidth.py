@@ -16,7 +16,7 @@ import re
 from tbdprof import schema
 from tbdprof.errors import UserError
 
-from .breakdown import coverage_ns, steady_comm
+from .breakdown import coverage_ns
 from .load import Run
 from .network import ring_factor
 from .timeline import counter_rates
@@ -32,6 +32,19 @@ BUS_FACTORS = {
     "broadcast": lambda n: 1.0,
     "reduce": lambda n: 1.0,
 }
+
+
+def bus_factor(collective: str | None, n: int) -> float | None:
+    """nccl-tests' bus-bandwidth factor of ``collective`` over ``n`` ranks (None where it defines none)."""
+    factor = BUS_FACTORS.get(collective)
+    return factor(n) if factor and n > 0 else None
+
+
+def bus_bandwidth(algbw: float | None, collective: str | None, n: int) -> float | None:
+    """busbw = algbw x :func:`bus_factor`: comparable with a link's capacity whatever the number of ranks."""
+    factor = bus_factor(collective, n)
+    return algbw * factor if algbw is not None and factor is not None else None
+
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 _BW = re.compile(r"^\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]i?)?\s*(bit|bps|b)?(?:/s|ps)?\s*$", re.IGNORECASE)
@@ -77,23 +90,36 @@ def collective_bandwidth(run: Run, link_bytes_per_s: float | None = None) -> dic
     names = [n for (n,) in run.sql("SELECT DISTINCT name FROM steady_comm ORDER BY 1")]
     for name in names:
         # one collective: the same spans as the breakdown's, whose islands are cached
-        where = steady_comm(run) if len(names) == 1 else steady_comm(run, (name,))
-        busy = {r: c["total"] / 1e9 for r, c in coverage_ns(run, where).items()}
+        busy = {r: c["total"] / 1e9 for r, c in coverage_ns(run, None if len(names) == 1 else name).items()}
         rows = run.sql(
-            "SELECT rank, count(*), sum(bytes), median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) FROM spans "
-            f"WHERE {where} GROUP BY rank ORDER BY rank"
+            "SELECT rank, count(*), sum(bytes), median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) FROM steady_comm "
+            "WHERE name = ? GROUP BY rank ORDER BY rank", [name]
         )
-        factor = BUS_FACTORS[name](n) if name in BUS_FACTORS and n > 0 else None
-        per_rank = {str(r): _bw(calls, nbytes or 0, busy.get(r, 0.0), call_bw, factor, link_bytes_per_s) for r, calls, nbytes, call_bw in rows}
+        bw = (name, n, link_bytes_per_s)
+        per_rank = {str(r): _bw(calls, nbytes or 0, busy.get(r, 0.0), call_bw, *bw) for r, calls, nbytes, call_bw in rows}
         total = _bw(sum(p["calls"] for p in per_rank.values()), sum(p["bytes"] for p in per_rank.values()),
-                    sum(p["busy_s"] for p in per_rank.values()), None, factor, link_bytes_per_s)
-        out[name] = total | {"bus_factor": factor, "ranks": n, "per_rank": per_rank}
+                    sum(p["busy_s"] for p in per_rank.values()), None, *bw)
+        out[name] = total | {"bus_factor": bus_factor(name, n), "ranks": n, "per_rank": per_rank}
     return {"link_bytes_per_s": link_bytes_per_s, "collectives": out}
 
 
-def _bw(calls: int, nbytes: int, busy: float, call_bw: float | None, factor: float | None, link: float | None) -> dict:
+def best_call_busbw(run: Run) -> float | None:
+    """The highest bus bandwidth (payload bytes/s) any single steady-state allreduce call achieved.
+
+    ``bytes / duration`` per ``comm`` span, times the bus factor: a lower bound
+    on the capacity of the slowest link the ring crosses (a call's span also
+    holds queueing and waiting for other ranks, which only lower it).
+    """
+    if run.world_size < 2:
+        return None
+    (best,), = run.sql("SELECT max(bytes / ((end_ns - start_ns) / 1e9)) FROM steady_comm "
+                       "WHERE name = ? AND end_ns > start_ns AND bytes > 0", [schema.COMM_ALLREDUCE])
+    return bus_bandwidth(float(best), schema.COMM_ALLREDUCE, run.world_size) if best else None
+
+
+def _bw(calls: int, nbytes: int, busy: float, call_bw: float | None, collective: str, n: int, link: float | None) -> dict:
     algbw = nbytes / busy if busy else None
-    busbw = algbw * factor if algbw is not None and factor is not None else None
+    busbw = bus_bandwidth(algbw, collective, n)
     return {"calls": calls, "bytes": int(nbytes), "busy_s": busy, "algbw_bytes_per_s": algbw,
             "median_call_algbw_bytes_per_s": call_bw, "busbw_bytes_per_s": busbw,
             "link_fraction": busbw / link if busbw is not None and link else None}

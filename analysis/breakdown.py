@@ -1,6 +1,8 @@
 """Where a step's time goes: phases and communication (exposed vs overlapped), per rank.
 
-Interval arithmetic runs in DuckDB. The base spans (communication) of each
+Interval arithmetic runs in DuckDB, here only: :func:`coverage_ns` is the one
+union of intervals (the breakdown, bandwidth and scaling read it). The
+steady-state communication spans of each
 rank are merged into islands (gaps and islands over the spans sorted by
 start), so concurrent buckets count once; each island is then intersected
 with the phases of the same rank in the steps it touches (an equality join
@@ -12,71 +14,93 @@ step), which is what makes the sum of overlaps the measure of the intersection.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tbdprof import schema
 
-from .load import Run, sql_list
+from .load import Run
+
+
+@dataclass(frozen=True)
+class Phases:
+    """A set of phases by name: ``only`` these (every phase when None), less ``but``."""
+
+    only: tuple[str, ...] | None = None
+    but: tuple[str, ...] = ()
+
+    def sql(self, key: str) -> tuple[str, dict]:
+        """A condition on a phase span's ``name``, with its ``$`` parameters named after ``key``."""
+        conds, params = [], {}
+        if self.only is not None:
+            conds.append(f"list_contains(${key}_only, name)")
+            params[f"{key}_only"] = list(self.only)
+        if self.but:
+            conds.append(f"NOT list_contains(${key}_but, name)")
+            params[f"{key}_but"] = list(self.but)
+        return " AND ".join(conds) or "true", params
+
 
 # Phases during which communication counts as hidden behind work on the rank.
 NOT_COMPUTE = (schema.PHASE_DATA, schema.PHASE_COMM)
-_ANY_PHASE = f"kind = '{schema.KIND_PHASE}'"
-_COMPUTE = f"{_ANY_PHASE} AND name NOT IN {sql_list(NOT_COMPUTE)}"
-_BACKWARD = f"{_ANY_PHASE} AND name = '{schema.PHASE_BACKWARD}'"
+ANY_PHASE = Phases()
+COMPUTE = Phases(but=NOT_COMPUTE)
+BACKWARD = Phases(only=(schema.PHASE_BACKWARD,))
 
 
-def coverage_ns(run: Run, base: str, others: dict[str, str] | None = None) -> dict[int, dict[str, int]]:
-    """Per rank: ``total``, the measure of the union of spans matching ``base``, and for each
-    ``others`` label the measure of that union inside the spans (phases) matching its condition.
+def coverage_ns(run: Run, collective: str | None = None, inside: dict[str, Phases] | None = None) -> dict[int, dict[str, int]]:
+    """Per rank: ``total``, the measure of the union of the steady-state communication spans (of
+    ``collective``, or all), and for each ``inside`` label the measure of that union inside those phases.
 
-    Conditions are SQL over the ``spans`` view, without parameters. Results
-    are cached per run: asking again for a base's ``total`` alone reuses any
-    earlier result for that base.
+    Results are cached per run: asking again for a collective's ``total``
+    alone reuses any earlier result for that collective.
     """
-    others = others or {}
+    inside = inside or {}
     cache = run.cached("coverage", dict)
-    key = (base, tuple(sorted(others.items())))
+    key = (collective, tuple(sorted(inside.items())))
     if key in cache:
         return cache[key]
-    if not others:
-        for (b, _), result in cache.items():
-            if b == base:
+    if not inside:
+        for (c, _), result in cache.items():
+            if c == collective:
                 return {r: {"total": v["total"]} for r, v in result.items()}
-    cache[key] = _coverage_ns(run, base, others)
+    cache[key] = _coverage_ns(run, collective, inside)
     return cache[key]
 
 
-def _coverage_ns(run: Run, base: str, others: dict[str, str]) -> dict[int, dict[str, int]]:
+def _coverage_ns(run: Run, collective: str | None, inside: dict[str, Phases]) -> dict[int, dict[str, int]]:
+    params: dict = {} if collective is None else {"collective": collective}
     islands = (
-        f"WITH b AS (SELECT rank, step, start_ns, end_ns FROM spans WHERE end_ns > start_ns AND ({base})), "
+        "WITH b AS (SELECT rank, step, start_ns, end_ns FROM steady_comm WHERE end_ns > start_ns"
+        + ("" if collective is None else " AND name = $collective") + "), "
         "m AS (SELECT *, max(end_ns) OVER (PARTITION BY rank ORDER BY start_ns, end_ns "
         "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end FROM b), "
         "g AS (SELECT *, sum(CASE WHEN prev_end IS NULL OR start_ns > prev_end THEN 1 ELSE 0 END) "
         "OVER (PARTITION BY rank ORDER BY start_ns, end_ns ROWS UNBOUNDED PRECEDING) AS island FROM m), "
         "i AS (SELECT rank, island, min(start_ns) AS s, max(end_ns) AS e, min(step) AS lo, max(step) AS hi FROM g GROUP BY ALL)"
     )
-    labels = list(others)
+    labels = list(inside)
     query = f"{islands}, tot AS (SELECT rank, sum(e - s) AS total FROM i GROUP BY rank)"
     if labels:
-        flags = ", ".join(f"({others[k]}) AS f{j}" for j, k in enumerate(labels))
-        sums = ", ".join(f"sum(o) FILTER (WHERE f{j}) AS f{j}" for j in range(len(labels)))
+        conds = []
+        for j, k in enumerate(labels):
+            cond, p = inside[k].sql(f"f{j}")
+            conds.append(cond)
+            params |= p
+        flags = ", ".join(f"({c}) AS f{j}" for j, c in enumerate(conds))
+        overlap = "greatest(0, least(x.e, p.end_ns) - greatest(x.s, p.start_ns))"
+        sums = ", ".join(f"sum({overlap}) FILTER (WHERE f{j}) AS f{j}" for j in range(len(labels)))
         # an island touches the phases of the steps it spans, and of the next (a collective may end there)
         query += (
             ", x AS (SELECT rank, s, e, unnest(range(lo, hi + 2)) AS step FROM i), "
-            f"p AS (SELECT rank, step, start_ns, end_ns, {flags} FROM spans "
-            f"WHERE {' OR '.join(f'({others[k]})' for k in labels)}), "
-            f"ov AS (SELECT x.rank, {sums.replace('sum(o)', 'sum(greatest(0, least(x.e, p.end_ns) - greatest(x.s, p.start_ns)))')} "
-            "FROM x JOIN p ON p.rank = x.rank AND p.step = x.step GROUP BY x.rank) "
+            f"p AS (SELECT rank, step, start_ns, end_ns, {flags} FROM steady_phases "
+            f"WHERE {' OR '.join(f'({c})' for c in conds)}), "
+            f"ov AS (SELECT x.rank, {sums} FROM x JOIN p ON p.rank = x.rank AND p.step = x.step GROUP BY x.rank) "
             f"SELECT tot.rank, tot.total, {', '.join(f'ov.f{j}' for j in range(len(labels)))} FROM tot LEFT JOIN ov USING (rank)"
         )
     else:
         query += " SELECT rank, total FROM tot"
-    out = {rank: dict(zip(["total", *labels], (int(v or 0) for v in vals))) for rank, *vals in run.sql(query)}
+    out = {rank: dict(zip(["total", *labels], (int(v or 0) for v in vals))) for rank, *vals in run.sql(query, params)}
     return {r: v for r, v in out.items() if v["total"] > 0}
-
-
-def steady_comm(run: Run, names: tuple[str, ...] | None = None) -> str:
-    """SQL condition: steady-state communication spans (of collectives ``names``, or all)."""
-    cond = f"kind = '{schema.KIND_COMM}' AND step >= {int(run.warmup_steps)}"
-    return cond if names is None else f"{cond} AND name IN {sql_list(names)}"
 
 
 def comm_overlap(run: Run) -> dict[int, dict[str, int]]:
@@ -88,7 +112,7 @@ def comm_overlap(run: Run) -> dict[int, dict[str, int]]:
     total - hidden; ``outside_phases`` the part no phase at all covers (the
     share of ``other`` step time that is communication).
     """
-    cover = coverage_ns(run, steady_comm(run), {"overlapped": _BACKWARD, "hidden": _COMPUTE, "phased": _ANY_PHASE})
+    cover = coverage_ns(run, inside={"overlapped": BACKWARD, "hidden": COMPUTE, "phased": ANY_PHASE})
     return {
         r: {"total": c["total"], "overlapped": c["overlapped"], "hidden": c["hidden"],
             "exposed": c["total"] - c["hidden"], "outside_phases": c["total"] - c["phased"]}

@@ -2,7 +2,8 @@
 
 Works on the dicts :func:`.report.summarize` returns, so it compares what the
 reports show. Relative difference is ``(b - a) / a``; None when ``a`` is 0 or
-either side is missing.
+either side is missing. When both runs have deep windows, the operators and
+layers whose self time per window step changed most (:func:`compare_operators`).
 """
 
 from __future__ import annotations
@@ -103,14 +104,37 @@ def compare_summaries(a: dict, b: dict) -> dict:
     return {"a": _get(a, "run", "run_id"), "b": _get(b, "run", "run_id"), "figures": rows, "environment": env, "problems": notes}
 
 
+OPS_TOP = 10
+
+
+def compare_operators(a: dict | None, b: dict | None) -> dict | None:
+    """Operators and layers (:func:`.ops.self_ms_per_step` of each run) whose self time per window step changed
+    most, with both values; a note instead when one run has no deep window; None when neither has."""
+    if a is None and b is None:
+        return None
+    if a is None or b is None:
+        return {"note": f"run {'A' if a is None else 'B'} has no deep window: operators not compared "
+                        "(record one with --deep-every N, or tbdprof trace on a live run)"}
+    out = {"window_steps": {"a": a["window_steps"], "b": b["window_steps"]}}
+    for key in ("operators", "layers"):
+        rows = []
+        for name in dict.fromkeys([*a[key], *b[key]]):
+            va, vb = a[key].get(name, 0.0), b[key].get(name, 0.0)
+            rows.append({"name": name, "a_ms": va, "b_ms": vb, "diff_ms": vb - va, "relative": (vb - va) / va if va else None})
+        out[key] = sorted(rows, key=lambda r: -abs(r["diff_ms"]))[:OPS_TOP]
+    return out
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path, link_bytes_per_s: float | None = None) -> dict:
-    """Analyse both runs and compare them (see :func:`compare_summaries`)."""
+    """Analyse both runs and compare them (see :func:`compare_summaries` and :func:`compare_operators`)."""
+    from .ops import self_ms_per_step
     from .report import summarize
 
-    def one(run: Run) -> dict:
-        return summarize(run, link_bytes_per_s)
+    def one(run: Run) -> tuple[dict, dict | None]:
+        return summarize(run, link_bytes_per_s), self_ms_per_step(run) if run.has(schema.OPS) else None
 
-    return compare_summaries(analyse(run_a, one), analyse(run_b, one))
+    (sa, oa), (sb, ob) = analyse(run_a, one), analyse(run_b, one)
+    return compare_summaries(sa, sb) | {"operators": compare_operators(oa, ob)}
 
 
 def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: float | None = None, file=None) -> dict:
@@ -130,6 +154,16 @@ def compare_command(run_a, run_b, json_out: bool = False, link_bytes_per_s: floa
     con.print(table(f"A = {result['a']}   B = {result['b']}", ["figure", "A", "B", "B vs A"],
                      [[r["figure"], show(r["a"], r["unit"]), show(r["b"], r["unit"]),
                        "-" if r["relative"] is None else f"{r['relative'] * 100:+.1f}%"] for r in result["figures"]]))
+    ops = result.get("operators")
+    if ops and "note" in ops:
+        con.print("operators: " + ops["note"], markup=False)
+    elif ops:
+        steps = ops["window_steps"]
+        for key, what in (("operators", "operator"), ("layers", "layer")):
+            con.print(table(f"{key} whose self time per window step changed most (ms; deep windows, "
+                            f"{steps['a']} and {steps['b']} rank-steps)", [what, "A", "B", "B - A", "B vs A"],
+                            [[r["name"][:60], f"{r['a_ms']:.3f}", f"{r['b_ms']:.3f}", f"{r['diff_ms']:+.3f}",
+                              "new" if r["relative"] is None else f"{r['relative'] * 100:+.0f}%"] for r in ops[key]]))
     if result["environment"]:
         con.print(table("environment differences", ["setting", "A", "B"], [[e["setting"], e["a"], e["b"]] for e in result["environment"]]))
     else:

@@ -20,7 +20,7 @@ def _step_seconds(run: Run) -> dict[int, float]:
     first steps' warm-up (lazy initialisation) inflating it."""
     if not run.has(schema.SPANS):
         return {}
-    rows = run.sql(f"SELECT rank, median(end_ns - start_ns) * count(*) FROM spans WHERE kind = '{schema.KIND_STEP}' GROUP BY rank")
+    rows = run.sql("SELECT rank, median(end_ns - start_ns) * count(*) FROM spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP])
     return {r: s / 1e9 for r, s in rows if s}
 
 

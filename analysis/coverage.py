@@ -30,7 +30,7 @@ from tbdprof import schema
 
 from .bandwidth import NET_METRICS
 from .fmt import fmt_bytes, fmt_rate
-from .load import Run, sql_list
+from .load import Run
 
 UNKNOWN = "unknown"  # neither the recorder nor the data tells (an old store)
 STATES = (*schema.COVERAGE_STATES, UNKNOWN)
@@ -102,13 +102,13 @@ def phase_violations(run: Run) -> dict[int, dict]:
     rows = run.sql(
         "WITH p AS (SELECT rank, step, start_ns, end_ns, max(end_ns) OVER (PARTITION BY rank, step ORDER BY start_ns, end_ns "
         "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before_end FROM spans "
-        f"WHERE kind = ? AND step >= 0 AND name IN {sql_list(CHECKED_PHASES)}), "
+        "WHERE kind = ? AND step >= 0 AND list_contains(?, name)), "
         "s AS (SELECT rank, step, start_ns AS s0, end_ns AS s1 FROM spans WHERE kind = ?) "
         "SELECT p.rank, count(*) FILTER (WHERE p.start_ns < p.before_end), "
-        f"count(*) FILTER (WHERE p.start_ns < s.s0 OR (p.end_ns > s.s1 AND p.rank NOT IN {sql_list(cuda_ranks or [-1])})), "
+        "count(*) FILTER (WHERE p.start_ns < s.s0 OR (p.end_ns > s.s1 AND NOT list_contains(?, p.rank))), "
         "min(p.step) FROM p JOIN s USING (rank, step) "
         "WHERE p.start_ns < p.before_end OR p.start_ns < s.s0 OR p.end_ns > s.s1 GROUP BY p.rank",
-        [schema.KIND_PHASE, schema.KIND_STEP])
+        [schema.KIND_PHASE, list(CHECKED_PHASES), schema.KIND_STEP, cuda_ranks or [-1]])
     return {r: {"overlapping": o, "outside": x, "first_step": f} for r, o, x, f in rows if o or x}
 
 
@@ -145,8 +145,8 @@ def nic_traffic(run: Run) -> dict | None:
     rows = run.sql(
         "SELECT host, device, max(moved) FROM (SELECT host, rank, device, metric, "
         "greatest(0, arg_max(value, ts_ns) - arg_min(value, ts_ns)) AS moved FROM samples "
-        f"WHERE metric IN {sql_list(NET_METRICS)} AND ts_ns BETWEEN ? AND ? GROUP BY ALL) GROUP BY host, device",
-        list(w))
+        "WHERE list_contains(?, metric) AND ts_ns BETWEEN ? AND ? GROUP BY ALL) GROUP BY host, device",
+        [list(NET_METRICS), *w])
     if not rows:
         return None
     hosts: dict[str, dict[str, float]] = {}

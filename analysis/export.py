@@ -5,7 +5,12 @@ Layout: one process (``pid``) per rank, named ``rank R (host)``; threads
 other span kind (``comm 0``, ``comm 1``, ``mark 0``, ``hvd 0``...): spans of
 those kinds may overlap, so each goes to the first lane of its kind that is
 free at its start, and slices on one thread never partially overlap. Spans are complete events
-(``"ph": "X"``); the progress watch's hangs are on thread ``hangs`` (3): a complete event from the
+(``"ph": "X"``), deep-window steps included. The operators of deep windows (table ``ops``) are
+complete events on one thread per profiler thread, ``ops <thread>`` (tid 1000 up), nested as
+torch.profiler saw them (layer ranges ``module: <path>`` around their operators), each with its
+step, phase and layer in ``args``, on the same aligned clock as the phases above them; GPU
+kernels (table ``kernels``, CUDA only) on one thread per device and stream, ``GPU d stream s``
+(tid 2000 up), with the operator that launched them. The progress watch's hangs are on thread ``hangs`` (3): a complete event from the
 last progress to the resume or the end of the recording, instants (``"ph": "i"``) where a hang was
 seen, resumed or failed; samples are counter events (``"ph": "C"``), one track per
 metric and device, counters as per-second rates. ``ts`` and ``dur`` are
@@ -29,11 +34,10 @@ from tbdprof import schema
 from tbdprof.errors import UserError
 
 from .load import Run, analyse
-from .timeline import is_counter, label, rate_sql
+from .timeline import COUNTERS, is_counter, label
 
-TID_STEPS, TID_PHASES, TID_HANGS, TID_LANES = 1, 2, 3, 10
+TID_STEPS, TID_PHASES, TID_HANGS, TID_LANES, TID_OPS, TID_KERNELS = 1, 2, 3, 10, 1000, 2000
 _KIND_TID = {schema.KIND_STEP: TID_STEPS, schema.KIND_PHASE: TID_PHASES}
-_NESTED = f"kind IN ('{schema.KIND_STEP}', '{schema.KIND_PHASE}')"
 BATCH_ROWS = 50_000
 
 
@@ -72,8 +76,14 @@ def trace_events(run: Run, ranks: list[int] | None = None, start_s: float | None
             yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": tid, "args": {"name": name}}
     span_where, params = _filters(ranks, start_s, end_s, t0, "start_ns", "end_ns")
     cols = "rank, step, name, kind, start_ns, end_ns, bytes, items"
-    yield from _slices(run, f"SELECT {cols} FROM spans WHERE {_NESTED} AND {span_where}", params, t0, None)
-    yield from _slices(run, f"SELECT {cols} FROM spans WHERE NOT {_NESTED} AND {span_where} ORDER BY rank, start_ns", params, t0, {})
+    nested = [list(_KIND_TID), *params]  # steps and phases never overlap on their thread
+    yield from _slices(run, f"SELECT {cols} FROM spans_all WHERE list_contains(?, kind) AND {span_where}", nested, t0, None)
+    yield from _slices(run, f"SELECT {cols} FROM spans_all WHERE NOT list_contains(?, kind) AND {span_where} ORDER BY rank, start_ns",
+                       nested, t0, {})
+    if run.has(schema.OPS):
+        yield from _ops(run, span_where, params, t0)
+    if run.has(schema.KERNELS):
+        yield from _kernels(run, span_where, params, t0)
     if run.has(schema.HANGS):
         hang_where, params = _filters(ranks, start_s, end_s, t0, "since_ns", "ts_ns")
         yield from _hangs(run, hang_where, params, t0)
@@ -102,13 +112,57 @@ def _slices(run: Run, query: str, params: list, t0: int, lanes: dict | None) -> 
                    "ts": (start - t0) / 1e3, "dur": max(0, end - start) / 1e3, "args": args}
 
 
+def _threads(tid: int, rank: int, name: str, named: set) -> Iterator[dict]:
+    if (rank, tid) not in named:
+        named.add((rank, tid))
+        yield {"ph": "M", "name": "thread_name", "pid": rank, "tid": tid, "args": {"name": name}}
+        yield {"ph": "M", "name": "thread_sort_index", "pid": rank, "tid": tid, "args": {"sort_index": tid}}
+
+
+def _ops(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
+    """Deep-window operators: one thread per (rank, profiler thread), nested, with their step, phase and layer."""
+    from .ops import ops_sql
+
+    sql, ops_params = ops_sql(None, None)
+    query = (f"WITH x AS ({sql}) SELECT rank, thread, name, module, phase, step, start_ns, end_ns, self_ns FROM x "
+             f"WHERE {where} ORDER BY rank, thread, start_ns, end_ns DESC")
+    tids: dict[tuple[int, int], int] = {}
+    named: set = set()
+    for b in _batches(run, query, [*ops_params, *params]):
+        for rank, thread, name, module, phase, step, start, end, self_ns in zip(*b.values()):
+            if (rank, thread) not in tids:
+                tids[(rank, thread)] = TID_OPS + sum(1 for r, _ in tids if r == rank)
+            tid = tids[(rank, thread)]
+            yield from _threads(tid, rank, f"ops {thread}", named)
+            args = {k: v for k, v in (("step", step), ("phase", phase), ("layer", module)) if v is not None}
+            yield {"ph": "X", "name": name, "cat": "op", "pid": rank, "tid": tid, "ts": (start - t0) / 1e3,
+                   "dur": max(0, end - start) / 1e3, "args": args | {"self_us": self_ns / 1e3}}
+
+
+def _kernels(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
+    """Deep-window GPU activities: one thread per (rank, device, stream), with the operator that launched each."""
+    query = ("SELECT rank, device, stream, name, kind, step, op, module, bytes, start_ns, end_ns FROM kernels "
+             f"WHERE {where} ORDER BY rank, device, stream, start_ns")
+    tids: dict[tuple[int, int, int], int] = {}
+    named: set = set()
+    for b in _batches(run, query, params):
+        for rank, device, stream, name, kind, step, op, module, nbytes, start, end in zip(*b.values()):
+            if (rank, device, stream) not in tids:
+                tids[(rank, device, stream)] = TID_KERNELS + sum(1 for r, _, _ in tids if r == rank)
+            tid = tids[(rank, device, stream)]
+            yield from _threads(tid, rank, f"GPU {device} stream {stream}", named)
+            args = {k: v for k, v in (("step", step), ("op", op), ("layer", module), ("bytes", nbytes)) if v is not None}
+            yield {"ph": "X", "name": name, "cat": kind, "pid": rank, "tid": tid, "ts": (start - t0) / 1e3,
+                   "dur": max(0, end - start) / 1e3, "args": args}
+
+
 def _hangs(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
     """The progress watch's events on a ``hangs`` thread of each rank: a hang is a complete event from the
     last progress to its resume (else to the end of the rank's recording) named after the place, plus an
     instant where it was seen (with the stacks); a resume and an error are instants."""
     query = (
         "SELECT h.rank, step, event, ts_ns, since_ns, threshold_s, place, waiting_in, location, phase, collective, stacks, "
-        "CASE WHEN event = 'hang' AND lead(event) OVER w = 'resume' THEN lead(ts_ns) OVER w END AS resumed_ns, e.end_ns "
+        "CASE WHEN event = ? AND lead(event) OVER w = ? THEN lead(ts_ns) OVER w END AS resumed_ns, e.end_ns "
         "FROM hangs h LEFT JOIN (SELECT rank, max(t) AS end_ns FROM (SELECT rank, max(end_ns) AS t FROM spans GROUP BY rank "
         "UNION ALL SELECT rank, max(ts_ns) FROM samples GROUP BY rank UNION ALL SELECT rank, max(ts_ns) FROM hangs GROUP BY rank) "
         f"GROUP BY rank) e ON e.rank = h.rank WHERE {where.replace('rank IN', 'h.rank IN')} "
@@ -116,7 +170,7 @@ def _hangs(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
     from .hangs import place_label
 
     named = set()
-    for b in _batches(run, query, params):
+    for b in _batches(run, query, [schema.HANG_HANG, schema.HANG_RESUME, *params]):
         for rank, step, event, ts, since, thr, place, waiting, loc, phase, coll, stacks, resumed, end in zip(*b.values()):
             if rank not in named:
                 named.add(rank)
@@ -137,8 +191,12 @@ def _hangs(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
 
 def _counters(run: Run, where: str, params: list, t0: int) -> Iterator[dict]:
     gauges = f"SELECT host, rank, metric, device, ts_ns, value FROM samples WHERE {where} AND metric NOT IN (SELECT unnest(?))"
-    rates = f"SELECT host, rank, metric, device, ts_ns, dv / (dt_ns / 1e9) FROM ({rate_sql(f'metric IN (SELECT unnest(?)) AND {where}')}) WHERE dv IS NOT NULL"
-    counters = [m.name for m in schema.METRICS.values() if m.counter]
+    # counters: consecutive-reading deltas per second; a negative delta (a counter reset) is dropped
+    rates = ("SELECT host, rank, metric, device, ts_ns, dv / (dt_ns / 1e9) FROM (SELECT host, rank, metric, device, ts_ns, "
+             "value - lag(value) OVER w AS dv, ts_ns - lag(ts_ns) OVER w AS dt_ns FROM samples "
+             f"WHERE metric IN (SELECT unnest(?)) AND {where} WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY ts_ns)) "
+             "WHERE dt_ns > 0 AND dv >= 0")
+    counters = list(COUNTERS)
     for query, qparams in ((gauges, [*params, counters]), (rates, [counters, *params])):
         for b in _batches(run, query, qparams):
             for host, rank, metric, device, ts, value in zip(*b.values()):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from tbdprof import schema
 
 from .findings.context import Context
-from .findings.hang import WAITING, hang, rank_states
+from .findings.hang import WAITING, hang, launcher_exits, rank_states
 from .load import Run
 
 SHOWN = ("hung", "failed", "dead", "resumed")  # the states that make a run's hang worth a section
@@ -39,6 +39,15 @@ def place_label(state: str, ev: dict, exit_: str | None = None) -> str:
     return f"stuck in {ev.get('phase') or ev.get('waiting_in') or 'its own code'}{loc}"
 
 
+def _episode(h: dict, seen: int | None, t0: int) -> dict:
+    """One hang of a rank (it may have several, each resumed but the last): from its last progress to the resume,
+    else to the end of its recording."""
+    until = h["resumed_ns"] or max(t for t in (seen, h["ts_ns"]) if t)
+    return {"step": h["step"], "no_progress_since_s": _s(h["since_ns"], t0), "at_s": _s(h["ts_ns"], t0),
+            "until_s": _s(until, t0), "no_progress_for_s": (until - h["since_ns"]) / 1e9, "resumed": h["resumed_ns"] is not None,
+            "label": place_label("hung", h), **{k: h.get(k) for k in ("place", "waiting_in", "location", "phase", "collective")}}
+
+
 def _finding(run: Run):
     ctx = Context(run)
     try:
@@ -52,9 +61,8 @@ def hang_summary(run: Run) -> dict | None:
     """summary.json's ``hangs`` (docs/report.md); None when no rank hung, failed or died."""
     if run.t0_ns is None:
         return None
-    codes = run.meta.get("exit_codes") if isinstance(run.meta.get("exit_codes"), list) else []
     if not run.has(schema.HANGS) and all(m.get("status") == "complete" for m in run.ranks.values()) and \
-            not any(isinstance(c, int) and c < 0 for c in codes):
+            not launcher_exits(run):
         return None  # nothing rank_states could call a hang or a death: spare its scan of a large run
     states = rank_states(run)
     if not any(e["state"] in SHOWN for e in states.values()):
@@ -75,7 +83,8 @@ def hang_summary(run: Run) -> dict | None:
                "no_progress_since_s": None, "at_s": None, "until_s": None, "no_progress_for_s": None, "resumed": False,
                "threshold_s": ev.get("threshold_s"),
                **{k: ev.get(k) for k in ("place", "waiting_in", "location", "phase", "collective")},
-               "label": place_label(state, ev, e.get("exit")) if state in SHOWN else None}
+               "label": place_label(state, ev, e.get("exit")) if state in SHOWN else None,
+               "episodes": [_episode(h, seen, t0) for h in e.get("episodes", [])]}
         if state == "hung":  # never resumed: the band runs to the end of its recording
             until = max(t for t in (seen, e["hang"]["ts_ns"]) if t)
             row.update(no_progress_since_s=_s(ev["since_ns"], t0), at_s=_s(ev["ts_ns"], t0), until_s=_s(until, t0),

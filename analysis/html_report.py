@@ -32,6 +32,7 @@ figure svg{max-width:100%;height:auto}nav a{margin-right:1em}
 .hang-ranks td,.hang-ranks th{text-align:left}pre.stack{background:#f6f6f6;padding:.6em;overflow-x:auto;font-size:12px}"""
 
 HANG_SECTION = "Hang"  # first, only when a rank hung, failed or died (summary["hangs"])
+OPERATORS_SECTION = "Operators"  # after the step breakdown, only when the run has deep windows (summary["operators"])
 SECTIONS = ("Coverage", "Overview", "Step time", "Step breakdown", "Utilization", "Memory", "Network", "I/O", "Environment", "Ranks")
 
 
@@ -59,8 +60,9 @@ def _figure(svg: str | None, caption: str) -> str:
 PLOT_POINTS = 500  # per series: more than a 7.5-inch figure can show
 
 
-def _timeline(run: Run, metric: str, title: str, unit: str, scale: float = 1.0) -> str:
-    return _figure(plots.lines(metric_series(run, metric, PLOT_POINTS, scale), title, "s since run start", unit), title)
+def _timeline(run: Run, summary: dict, metric: str, title: str, unit: str, scale: float = 1.0) -> str:
+    bands = _hang_bands(summary, f"hang-band-{metric.replace('.', '-')}")
+    return _figure(plots.lines(metric_series(run, metric, PLOT_POINTS, scale), title, "s since run start", unit, bands=bands), title)
 
 
 def _slug(name: str) -> str:
@@ -149,15 +151,23 @@ def _hang(summary: dict) -> list[str]:
     return out
 
 
-def _hang_bands(summary: dict) -> list[tuple[float, float, str, str]]:
-    """One band for the figures over time: from the earliest last progress to the latest end of a hang."""
+def _hang_bands(summary: dict, gid: str = "hang-band-steps") -> list[tuple[float, float, str, str]]:
+    """The bands of the figures over time: each stretch in which some rank made no progress (every hang episode,
+    a dead rank's silence), overlapping ones merged; SVG groups ``gid``, ``gid-2``..., the legend on the first."""
     hangs = summary.get("hangs") or {}
-    spans = [(h["no_progress_since_s"], h.get("until_s") or h["no_progress_since_s"])
-             for h in hangs.get("per_rank", {}).values() if h.get("no_progress_since_s") is not None]
-    if not spans:
-        return []
+    spans = []
+    for h in hangs.get("per_rank", {}).values():
+        spans += [(e["no_progress_since_s"], e["until_s"]) for e in h.get("episodes") or []]
+        if h.get("no_progress_since_s") is not None:
+            spans.append((h["no_progress_since_s"], h.get("until_s") or h["no_progress_since_s"]))
+    merged: list[list[float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
     what = "no progress (hang, resumed)" if hangs.get("resumed") else "no progress (hang)"
-    return [(min(a for a, _ in spans), max(b for _, b in spans), what, "hang-band-steps")]
+    return [(a, b, what if i == 0 else "", gid if i == 0 else f"{gid}-{i + 1}") for i, (a, b) in enumerate(merged)]
 
 
 def _breakdown(summary: dict) -> list[str]:
@@ -181,6 +191,40 @@ def _breakdown(summary: dict) -> list[str]:
     return out
 
 
+def _operators(summary: dict) -> list[str]:
+    """Deep windows: what they cost and wrote, then the top operators and layers of each phase."""
+    ops = summary.get("operators")
+    if not ops:
+        return []
+    cost, size = ops["cost"], ops["bytes"]
+    out = [_section(OPERATORS_SECTION)]
+    said = f"{cost['windows']} deep windows ({ops['window_steps']} rank-steps recorded with torch.profiler, left out of every figure above)"
+    if cost.get("window_step_ms") is not None and cost.get("neighbour_step_ms") is not None:
+        said += (f"; a window step took {cost['window_step_ms']:.1f} ms against {cost['neighbour_step_ms']:.1f} ms in the "
+                 f"steps around it ({fmt_pct(cost['extra_fraction'])} more)")
+    if cost.get("start_call_s") is not None:
+        said += (f"; the profiler's start and stop took {fmt_s(cost['start_call_s'])} and {fmt_s(cost['stop_call_s'])} "
+                 f"on the training thread, the writer {fmt_s(cost['process_cpu_s'])} of CPU per window")
+    said += (f". They wrote {fmt_bytes(size['total'])}: {fmt_bytes(size['traces'])} of Kineto traces and "
+             f"{fmt_bytes(size['rows'])} of rows, {fmt_bytes(size['per_window_step'])} per window step.")
+    out.append(f'<p class="deep-cost">{_esc(said)}</p>')
+    out.append(f'<p class="note deep-kernels">GPU kernels: {_esc(ops["kernels"])}.</p>')
+    header = ["phase", "operator", "self ms / step", "share of step", "layer", "self ms / step", "share of step"]
+    rows = []
+    for ph, d in ops["phases"].items():
+        for i in range(max(len(d["operators"]), len(d["layers"]))):
+            o = d["operators"][i] if i < len(d["operators"]) else None
+            m = d["layers"][i] if i < len(d["layers"]) else None
+            rows.append([ph if i == 0 else "", o["name"] if o else "", f"{o['self_ms']:.2f}" if o else "",
+                         fmt_pct(o["share"]) if o else "", m["module"] if m else "", f"{m['self_ms']:.2f}" if m else "",
+                         fmt_pct(m["share"]) if m else ""])
+    out.append(_table(header, rows))
+    out.append('<p class="note">Self time per window step, all ranks together; a layer is the module path its operators ran '
+               'under (backward included). Per rank, the layer tree and what a slow rank does differently: '
+               '<code>tbdprof ops RUN_DIR</code>.</p>')
+    return out
+
+
 def _utilization(run: Run, summary: dict) -> list[str]:
     util = summary["utilization"]
     out = [_section("Utilization")]
@@ -190,9 +234,9 @@ def _utilization(run: Run, summary: dict) -> list[str]:
     out.append(_table(["host", "cores", "system CPU avg", "iowait avg", "per-core avg"], [
         [h, u.get("cores") or "-", fmt_num(u.get("cpu.system_pct", {}).get("avg")) + "%", fmt_num(u.get("cpu.iowait_pct", {}).get("avg")) + "%",
          " ".join(f"{c}:{v['avg']:.0f}%" for c, v in u.get("per_core_pct", {}).items())] for h, u in util["per_host"].items()]))
-    out.append(_timeline(run, "cpu.process_pct", "rank CPU (100% = one core)", "%"))
-    out.append(_timeline(run, "cpu.system_pct", "host CPU (100% = all cores)", "%"))
-    out.append(_timeline(run, "cpu.core_pct", "per-core busy", "%"))
+    out.append(_timeline(run, summary, "cpu.process_pct", "rank CPU (100% = one core)", "%"))
+    out.append(_timeline(run, summary, "cpu.system_pct", "host CPU (100% = all cores)", "%"))
+    out.append(_timeline(run, summary, "cpu.core_pct", "per-core busy", "%"))
     if not util["gpu_recorded"]:
         out.append('<p class="note">GPU: not recorded in this run (no NVML device). FP32 utilization: unavailable.</p>')
         return out
@@ -201,10 +245,10 @@ def _utilization(run: Run, summary: dict) -> list[str]:
     out.append('<p class="note">GPU util: NVML, the share of time a kernel ran. SM occupancy, tensor, FP32 and DRAM '
                'bandwidth: NVML GPM counters (Hopper and newer); "unavailable" where the rank recorded none, never estimated. '
                'Fragmentation: free bytes in the caching allocator\'s split blocks over its reserved bytes.</p>')
-    out.append(_timeline(run, "gpu.util_pct", "GPU compute utilization", "%"))
+    out.append(_timeline(run, summary, "gpu.util_pct", "GPU compute utilization", "%"))
     if any(isinstance(f["tensor_util_pct"], float) for f in figures["per_rank"].values()):
-        out.append(_timeline(run, "gpu.tensor_util_pct", "tensor-core utilization (GPM)", "%"))
-    out.append(_timeline(run, "gpu.power_w", "GPU power", "W"))
+        out.append(_timeline(run, summary, "gpu.tensor_util_pct", "tensor-core utilization (GPM)", "%"))
+    out.append(_timeline(run, summary, "gpu.power_w", "GPU power", "W"))
     return out
 
 
@@ -214,18 +258,18 @@ def _memory(run: Run, summary: dict) -> list[str]:
     out.append(_figure(plots.stacked_bars(mem_bars, "memory breakdown (median step)", "MiB", plots.MB), "memory breakdown per rank"))
     cols = (*schema.MEMORY_CATEGORIES, "peak")
     out.append(_table(["rank", "device", *cols], [[r, m["device"], *[fmt_bytes(m[c]) for c in cols]] for r, m in summary["memory"].items()]))
-    out.append(_timeline(run, "mem.rss_bytes", "resident memory (RSS) per rank", "MiB", plots.MB))
+    out.append(_timeline(run, summary, "mem.rss_bytes", "resident memory (RSS) per rank", "MiB", plots.MB))
     if summary["utilization"]["gpu_recorded"]:
-        out.append(_timeline(run, "gpu.mem_used_bytes", "GPU memory used", "MiB", plots.MB))
-        out.append(_timeline(run, "torch.allocated_bytes", "torch allocator: allocated", "MiB", plots.MB))
+        out.append(_timeline(run, summary, "gpu.mem_used_bytes", "GPU memory used", "MiB", plots.MB))
+        out.append(_timeline(run, summary, "torch.allocated_bytes", "torch allocator: allocated", "MiB", plots.MB))
     return out
 
 
 def _network(run: Run, summary: dict) -> list[str]:
     net = summary["network"]
     out = [_section("Network")]
-    out.append(_timeline(run, "net.bytes_sent", "bytes sent per host and interface", "MiB/s", plots.MB))
-    out.append(_timeline(run, "net.bytes_recv", "bytes received per host and interface", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "net.bytes_sent", "bytes sent per host and interface", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "net.bytes_recv", "bytes received per host and interface", "MiB/s", plots.MB))
     out.append(_table(["host", "interface", "sent", "received", "sent/s", "received/s", "sent / step", "received / step"], [
         [h, nic, fmt_bytes(v.get("bytes_sent")), fmt_bytes(v.get("bytes_recv")), fmt_rate(v.get("sent_bytes_per_s")),
          fmt_rate(v.get("recv_bytes_per_s")), fmt_bytes(v.get("sent_bytes_per_step")), fmt_bytes(v.get("recv_bytes_per_step"))]
@@ -246,12 +290,12 @@ def _io(run: Run, summary: dict) -> list[str]:
         [r, fmt_s(v.get("data_wait", {}).get("s_per_step")), fmt_pct(v.get("data_wait", {}).get("fraction")),
          fmt_rate(v.get("read_chars", {}).get("per_s")), fmt_rate(v.get("read_bytes", {}).get("per_s")),
          fmt_rate(v.get("write_bytes", {}).get("per_s"))] for r, v in summary["io"]["per_rank"].items()]))
-    out.append(_figure(plots.lines(span_series(run, f"kind = 'phase' AND name = '{schema.PHASE_DATA}'"), "data wait per step",
+    out.append(_figure(plots.lines(span_series(run, schema.KIND_PHASE, schema.PHASE_DATA), "data wait per step",
                                    "s since run start", "ms", 1e-3), "data wait over time"))
-    out.append(_timeline(run, "io.read_chars", "bytes read by rank and loader workers (syscalls)", "MiB/s", plots.MB))
-    out.append(_timeline(run, "io.write_bytes", "bytes written to storage by rank and loader workers", "MiB/s", plots.MB))
-    out.append(_timeline(run, "disk.read_bytes", "disk reads", "MiB/s", plots.MB))
-    out.append(_timeline(run, "disk.write_bytes", "disk writes", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "io.read_chars", "bytes read by rank and loader workers (syscalls)", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "io.write_bytes", "bytes written to storage by rank and loader workers", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "disk.read_bytes", "disk reads", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "disk.write_bytes", "disk writes", "MiB/s", plots.MB))
     return out
 
 
@@ -284,6 +328,9 @@ def render_html(run: Run, summary: dict) -> str:
     run_meta = summary["run"]
     title = f"tbdprof report: {run_meta.get('run_id') or run.path.name}"
     sections = ((HANG_SECTION,) if summary.get("hangs") else ()) + SECTIONS
+    if summary.get("operators"):
+        at = sections.index("Step breakdown") + 1
+        sections = sections[:at] + (OPERATORS_SECTION,) + sections[at:]
     nav = "".join(f'<a href="#{_slug(s)}">{_esc(s)}</a>' for s in sections)
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",
@@ -294,7 +341,7 @@ def render_html(run: Run, summary: dict) -> str:
     parts.append(_section("Step time"))
     parts.append(_figure(plots.lines(step_series(run), "step time", "s since run start", "ms", 1e-3, bands=_hang_bands(summary)),
                          "step time over the run"))
-    parts += _breakdown(summary) + _utilization(run, summary) + _memory(run, summary) + _network(run, summary)
+    parts += _breakdown(summary) + _operators(summary) + _utilization(run, summary) + _memory(run, summary) + _network(run, summary)
     parts += _io(run, summary) + _environment(summary)
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -79,7 +79,8 @@ def rank_status(run_dir: str | Path) -> list[dict]:
             flag = f"{state} (hung)"
         info = st.get("hang_info") or {}
         where = ", ".join(x for x in (info.get("waiting_in"), info.get("location"), st.get("collective")) if x)
-        out.append({"rank": rank, "host": host, "state": flag, "step": st.get("step", meta.get("steps")),
+        step = info.get("step", st.get("step", meta.get("steps")))  # a hung rank: the step it is stuck in
+        out.append({"rank": rank, "host": host, "state": flag, "step": step if isinstance(step, int) and step >= 0 else None,
                     "phase": st.get("phase"), "collective": st.get("collective"),
                     "since_progress_s": since, "threshold_s": st.get("threshold_s"), "status_age_s": age,
                     "hang": flag == "HANG" or bool(st.get("hang")), "where": where or None})

@@ -7,7 +7,11 @@ estimates (linear drift), so ranks and hosts can be compared directly.
 Unreadable segments (truncated, not Parquet, wrong or future schema) are left
 out and listed in ``Run.problems``; they never fail the whole run.
 ``spans`` leaves out the steps of deep windows (always-on figures must not
-count them); ``spans_all`` has every span (:mod:`analysis.windows`).
+count them); ``spans_all`` has every span (:mod:`analysis.windows`). The
+steady state is defined here once: ``steady_spans`` (the spans of the steps
+after warm-up) and, per kind, ``steady_steps``, ``steady_phases`` and
+``steady_comm``; ``steady_memory``. Other queries take kinds, phases and
+metrics as parameters.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ T = TypeVar("T")
 
 TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",),
                 schema.HANGS: ("ts_ns", "since_ns"),  # a store from before the hangs table gets an empty view
-                schema.OPS: ("start_ns", "end_ns")}  # deep windows' operators (tbdprof/deep.py); often none
+                schema.OPS: ("start_ns", "end_ns"),  # deep windows' operators (tbdprof/deep.py); often none
+                schema.KERNELS: ("start_ns", "end_ns")}  # deep windows' GPU kernels, on CUDA only
 
 
 class RunError(UserError):
@@ -57,7 +62,8 @@ class Run:
         vals = [m.get("warmup_steps") for m in self.ranks.values() if isinstance(m.get("warmup_steps"), int)]
         return max(vals) if vals else 0
 
-    def sql(self, query: str, params: list | None = None) -> list[tuple]:
+    def sql(self, query: str, params: list | dict | None = None) -> list[tuple]:
+        """The rows of ``query``; ``params`` fill its ``?`` (a list) or ``$name`` (a dict) placeholders."""
         return self.con.execute(query, params or []).fetchall()
 
     def cached(self, key, compute: Callable[[], T]) -> T:
@@ -80,11 +86,6 @@ class Run:
         """(start, end) in aligned ns from the first steady-state step's start to the last step's end."""
         row = self.sql("SELECT min(start_ns), max(end_ns) FROM steady_steps")
         return None if row[0][0] is None else (row[0][0], row[0][1])
-
-
-def sql_list(names) -> str:
-    """A SQL list literal ``('a', 'b')`` of string constants."""
-    return "(" + ", ".join("'" + str(n).replace("'", "''") + "'" for n in names) + ")"
 
 
 def _check_segment(path: Path, table: str) -> tuple[str | None, frozenset[str]]:
@@ -250,14 +251,18 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
     return con
 
 
-# The steady state, written once: the spans of the steps after warm-up (deep-window steps already left out).
+# The steady state, written once: the spans and memory rows of the steps after warm-up (deep-window steps
+# already left out), and one view per span kind.
 STEADY_VIEWS = {"steady_steps": schema.KIND_STEP, "steady_phases": schema.KIND_PHASE, "steady_comm": schema.KIND_COMM}
 
 
 def _define_steady_views(con: duckdb.DuckDBPyConnection, warmup_steps: int) -> None:
-    """Views ``steady_steps``, ``steady_phases`` and ``steady_comm``: that kind of span in the steps >= warm-up."""
+    """Views ``steady_spans`` (every span of the steps >= warm-up) and, over it, ``steady_steps``,
+    ``steady_phases`` and ``steady_comm``: the spans of that kind; ``steady_memory``: the memory rows of those steps."""
+    for view, table in (("steady_spans", schema.SPANS), ("steady_memory", schema.MEMORY)):
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM {table} WHERE step >= {int(warmup_steps)}")
     for view, kind in STEADY_VIEWS.items():
-        con.execute(f"CREATE VIEW {view} AS SELECT * FROM spans WHERE kind = '{kind}' AND step >= {int(warmup_steps)}")
+        con.execute(f"CREATE VIEW {view} AS SELECT * FROM steady_spans WHERE kind = {_sql_str(kind)}")
 
 
 def _sql_str(value: str) -> str:

@@ -15,11 +15,8 @@ def memory_breakdown(run: Run) -> dict:
     if not run.has(schema.MEMORY):
         return {"per_rank": {}, "memory_bytes": {}}
     cats = ", ".join(f"median({c})" for c in schema.MEMORY_CATEGORIES)
-    warm = run.warmup_steps
     rows = run.sql(
-        f"SELECT rank, any_value(device), {cats}, max(peak), median(total), count(*) FROM memory "
-        "WHERE step >= ? GROUP BY rank ORDER BY rank",
-        [warm],
+        f"SELECT rank, any_value(device), {cats}, max(peak), median(total), count(*) FROM steady_memory GROUP BY rank ORDER BY rank"
     ) or run.sql(
         f"SELECT rank, any_value(device), {cats}, max(peak), median(total), count(*) FROM memory GROUP BY rank ORDER BY rank"
     )

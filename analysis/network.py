@@ -37,10 +37,7 @@ def link_seconds(nbytes: float, rate_bits_per_s: float, overhead: float = PROTOC
 
 def gradient_bytes_per_step(run: Run) -> float | None:
     """Bytes allreduced per step and rank: the comm spans' ``bytes``, else the weights in memory."""
-    rows = run.sql(
-        f"SELECT median(b) FROM (SELECT rank, step, sum(bytes) AS b FROM spans "
-        f"WHERE kind = '{schema.KIND_COMM}' AND step >= {run.warmup_steps} GROUP BY rank, step)"
-    )
+    rows = run.sql("SELECT median(b) FROM (SELECT rank, step, sum(bytes) AS b FROM steady_comm GROUP BY rank, step)")
     if rows and rows[0][0]:
         return float(rows[0][0])
     rows = run.sql("SELECT median(weights) FROM memory") if run.has(schema.MEMORY) else []
@@ -59,21 +56,3 @@ def ring_allreduce_seconds(grad_bytes: float, n: int, link_bytes_per_s: float, l
     if n < 2:
         return 0.0
     return link_seconds(ring_allreduce_bytes(grad_bytes, n), link_bytes_per_s * 8, overhead) + 2 * (n - 1) * latency_s
-
-
-def best_call_busbw(run: Run) -> float | None:
-    """The highest bus bandwidth (payload bytes/s) any single steady-state allreduce call achieved.
-
-    ``bytes / duration x 2(n-1)/n`` per ``comm`` span: a lower bound on the
-    capacity of the slowest link the ring crosses (a call's span also holds
-    queueing and waiting for other ranks, which only lower it).
-    """
-    n = run.world_size
-    if n < 2:
-        return None
-    rows = run.sql(
-        f"SELECT max(bytes / ((end_ns - start_ns) / 1e9)) FROM spans WHERE kind = '{schema.KIND_COMM}' "
-        f"AND name = '{schema.COMM_ALLREDUCE}' AND step >= {int(run.warmup_steps)} AND end_ns > start_ns AND bytes > 0"
-    )
-    best = rows[0][0] if rows else None
-    return float(best) * ring_factor(n) if best else None

@@ -27,16 +27,15 @@ class OpsError(UserError):
     """The run has no deep window, or the rank or phase asked for is not in it."""
 
 
-def _ops_sql(phase: str | None, rank: int | None) -> tuple[str, list]:
-    """Ops rows with their phase (the phase span of their step they started in)."""
-    where, params = [], []
+def ops_sql(phase: str | None, rank: int | None) -> tuple[str, list]:
+    """SQL (and its parameters) of the ops rows with their phase (the phase span of their step they started in)."""
+    where, params = [], [schema.KIND_PHASE]
     if rank is not None:
         where.append("o.rank = ?")
         params.append(rank)
     sql = (
-        "WITH ph AS (SELECT rank, step, name AS phase, start_ns AS ps, end_ns AS pe FROM spans_all "
-        f"WHERE kind = '{schema.KIND_PHASE}'), "
-        "o AS (SELECT o.rank, o.step, o.name, o.module, o.self_ns, o.start_ns, ph.phase FROM ops o "
+        "WITH ph AS (SELECT rank, step, name AS phase, start_ns AS ps, end_ns AS pe FROM spans_all WHERE kind = ?), "
+        "o AS (SELECT o.rank, o.step, o.name, o.module, o.self_ns, o.start_ns, o.end_ns, o.thread, ph.phase FROM ops o "
         "LEFT JOIN ph ON o.rank = ph.rank AND o.step = ph.step AND o.start_ns >= ph.ps AND o.start_ns < ph.pe "
         + ("WHERE " + " AND ".join(where) + " " if where else "")
         + "QUALIFY row_number() OVER (PARTITION BY o.rank, o.step, o.thread, o.start_ns, o.name ORDER BY ph.ps DESC) = 1) "
@@ -50,27 +49,26 @@ def _ops_sql(phase: str | None, rank: int | None) -> tuple[str, list]:
 
 
 def ops_summary(run: load.Run, rank: int | None = None, phase: str | None = None, top: int = TOP) -> dict:
+    """``tbdprof ops``: per rank, top operators and layers per window step, the layer tree, and the slow rank's difference."""
     if not run.has(schema.OPS):
         raise OpsError(f"{run.path}: no deep window recorded (run with --deep-every N, or Profiler(deep_every=N))")
     ranks = [r for (r,) in run.sql("SELECT DISTINCT rank FROM ops ORDER BY 1")]
     if rank is not None and rank not in ranks:
         raise OpsError(f"rank {rank} has no deep window; ranks with one: {', '.join(map(str, ranks))}")
-    phases = [p for (p,) in run.sql(f"SELECT DISTINCT name FROM spans_all WHERE kind = '{schema.KIND_PHASE}' ORDER BY 1")]
+    phases = [p for (p,) in run.sql("SELECT DISTINCT name FROM spans_all WHERE kind = ? ORDER BY 1", [schema.KIND_PHASE])]
     if phase is not None and phase not in phases:
         raise OpsError(f"phase {phase!r} not recorded; phases: {', '.join(phases) or 'none'}")
-    sql, params = _ops_sql(phase, None)
+    sql, params = ops_sql(phase, None)
     run.con.execute(f"CREATE OR REPLACE TEMP TABLE op_rows AS {sql}", params)
     steps = {r: (n, t) for r, n, t in run.sql(
         "SELECT s.rank, count(*), sum(s.end_ns - s.start_ns) FROM spans_all s "
         "JOIN (SELECT DISTINCT rank, step FROM ops) w USING (rank, step) "
-        f"WHERE s.kind = '{schema.KIND_STEP}' GROUP BY 1")}
-    always = {r: med for r, med in run.sql(
-        f"SELECT rank, median(end_ns - start_ns) FROM spans WHERE kind = '{schema.KIND_STEP}' AND step >= ? GROUP BY 1",
-        [run.warmup_steps])}
+        "WHERE s.kind = ? GROUP BY 1", [schema.KIND_STEP])}
+    always = {r: med for r, med in run.sql("SELECT rank, median(end_ns - start_ns) FROM steady_steps GROUP BY 1")}
     ph_ns = {(r, p): t for r, p, t in run.sql(
         "SELECT s.rank, s.name, sum(s.end_ns - s.start_ns) FROM spans_all s "
         "JOIN (SELECT DISTINCT rank, step FROM ops) w USING (rank, step) "
-        f"WHERE s.kind = '{schema.KIND_PHASE}' GROUP BY 1, 2")}
+        "WHERE s.kind = ? GROUP BY 1, 2", [schema.KIND_PHASE])}
     per_rank: dict[int, dict] = {}
     layer_ms: dict[int, dict[str, float]] = {}
     op_ms: dict[int, dict[str, float]] = {}
@@ -102,7 +100,107 @@ def ops_summary(run: load.Run, rank: int | None = None, phase: str | None = None
             "tree": _tree(layer_ms[r]),
         }
     return {"run": str(run.path), "phase": phase, "ranks": ranks, "per_rank": per_rank,
-            "difference": _difference(layer_ms, op_ms, rank)}
+            "difference": _difference(layer_ms, op_ms, rank), "kernels": _kernels(run, rank, top)}
+
+
+KERNELS_NOT_RECORDED = "not recorded (no CUDA activity in the windows: kernels are recorded on a GPU only)"
+
+
+def _kernels(run: load.Run, rank: int | None, top: int) -> dict:
+    """The GPU time of the windows' kernels (table ``kernels``) per window step, by kernel, with the operator
+    and layer that launched it; or why there is none."""
+    if not run.has(schema.KERNELS):
+        return {"recorded": False, "why": KERNELS_NOT_RECORDED}
+    where, params = ("WHERE rank = ?", [rank]) if rank is not None else ("", [])
+    n = max(1, run.sql(f"SELECT count(*) FROM (SELECT DISTINCT rank, step FROM kernels {where})", params)[0][0])
+    rows = run.sql(f"SELECT name, kind, any_value(op), any_value(module), sum(end_ns - start_ns), count(*), sum(bytes) "
+                   f"FROM kernels {where} GROUP BY 1, 2 ORDER BY 5 DESC", params)
+    return {"recorded": True, "window_steps": n,
+            "top": [{"name": k, "kind": kind, "op": op, "module": m, "gpu_ms": t / 1e6 / n, "calls": c / n,
+                     "bytes": b / n if b is not None else None} for k, kind, op, m, t, c, b in rows[:top]]}
+
+
+def _window_steps(run: load.Run) -> tuple[int, float | None]:
+    """(rank-steps in windows, mean window step in ns) over all ranks."""
+    n, total = run.sql(
+        "SELECT count(*), sum(s.end_ns - s.start_ns) FROM spans_all s JOIN (SELECT DISTINCT rank, step FROM ops) w "
+        f"USING (rank, step) WHERE s.kind = '{schema.KIND_STEP}'")[0]
+    if not n:  # no step spans for the window steps (a recording cut short): count the steps the ops name
+        n = run.sql("SELECT count(*) FROM (SELECT DISTINCT rank, step FROM ops)")[0][0]
+        return n, None
+    return n, total / n
+
+
+def self_ms_per_step(run: load.Run) -> dict:
+    """Self time per window step of every operator and layer, all ranks together (for ``compare``)."""
+    n, _ = _window_steps(run)
+    n = max(1, n)
+    ops = run.sql("SELECT name, sum(self_ns) FROM ops WHERE NOT starts_with(name, ?) GROUP BY 1", [schema.OP_MODULE_PREFIX])
+    layers = run.sql("SELECT module, sum(self_ns) FROM ops WHERE module IS NOT NULL GROUP BY 1")
+    return {"window_steps": n, "operators": {k: t / 1e6 / n for k, t in ops},
+            "layers": {k: t / 1e6 / n for k, t in layers if k.split(".")[0] not in WRAPPERS}}
+
+
+REPORT_TOP = 5
+
+
+def report_section(run: load.Run) -> dict | None:
+    """``summary.json`` ``operators``: per phase, the top operators and layers per window step (all ranks) with
+    their share of the window step; what the windows cost; their bytes; whether GPU kernels were recorded.
+    None when the run has no deep window."""
+    if not run.has(schema.OPS):
+        return None
+    n, step_ns = _window_steps(run)
+    sql, params = ops_sql(None, None)
+    rows = run.sql(f"WITH x AS ({sql}) SELECT coalesce(phase, ''), name, module, sum(self_ns) FROM x GROUP BY 1, 2, 3", params)
+    per_phase: dict[str, dict[str, dict[str, float]]] = {}
+    for phase, name, module, ns in rows:
+        d = per_phase.setdefault(phase or "(outside phases)", {"operators": {}, "layers": {}})
+        if not name.startswith(schema.OP_MODULE_PREFIX):
+            d["operators"][name] = d["operators"].get(name, 0) + ns
+        if module is not None and module.split(".")[0] not in WRAPPERS:
+            d["layers"][module] = d["layers"].get(module, 0) + ns
+    phase_ns = dict(run.sql(
+        "SELECT s.name, sum(s.end_ns - s.start_ns) FROM spans_all s JOIN (SELECT DISTINCT rank, step FROM ops) w "
+        f"USING (rank, step) WHERE s.kind = '{schema.KIND_PHASE}' GROUP BY 1"))
+    n = max(1, n)
+
+    def top(d: dict[str, float], key: str) -> list[dict]:
+        best = sorted(d.items(), key=lambda kv: -kv[1])[:REPORT_TOP]
+        return [{key: k, "self_ms": ns / 1e6 / n, "share": ns / n / step_ns if step_ns else None} for k, ns in best]
+
+    phases = {ph: {"phase_ms": phase_ns[ph] / 1e6 / n if ph in phase_ns else None,
+                   "operators": top(d["operators"], "name"), "layers": top(d["layers"], "module")}
+              for ph, d in sorted(per_phase.items(), key=lambda kv: -phase_ns.get(kv[0], 0))}
+    return {"window_steps": n, "window_step_ms": step_ns / 1e6 if step_ns else None, "phases": phases,
+            "cost": windows.window_cost(run), "bytes": windows.window_bytes(run, n),
+            "kernels": "recorded" if run.has(schema.KERNELS) else KERNELS_NOT_RECORDED}
+
+
+def print_operators(con, section: dict | None) -> None:
+    """The report's operators section in the terminal: cost and bytes of the windows, top operators and layers."""
+    if not section:
+        return
+    from .fmt import fmt_bytes, fmt_pct
+    from .terminal import table
+
+    cost, size = section["cost"], section["bytes"]
+    line = f"deep windows: {cost['windows']} windows, {section['window_steps']} rank-steps"
+    if cost.get("window_step_ms") is not None and cost.get("neighbour_step_ms") is not None:
+        line += (f"; window step {cost['window_step_ms']:.1f} ms vs {cost['neighbour_step_ms']:.1f} ms in the steps around "
+                 f"({fmt_pct(cost['extra_fraction'])} more)")
+    line += f"; {fmt_bytes(size['total'])} ({fmt_bytes(size['per_window_step'])} per window step); kernels {section['kernels']}"
+    con.print(line, markup=False)
+    rows = []
+    for ph, d in section["phases"].items():
+        for i in range(max(len(d["operators"]), len(d["layers"]))):
+            o = d["operators"][i] if i < len(d["operators"]) else None
+            m = d["layers"][i] if i < len(d["layers"]) else None
+            rows.append([ph if i == 0 else "", o["name"][:40] if o else "", f"{o['self_ms']:.2f}" if o else "",
+                         fmt_pct(o["share"]) if o else "", m["module"][:32] if m else "", f"{m['self_ms']:.2f}" if m else "",
+                         fmt_pct(m["share"]) if m else ""])
+    con.print(table("operators and layers in deep windows (self ms per window step, all ranks; share of the window step)",
+                    ["phase", "operator", "ms", "share", "layer", "ms", "share"], rows))
 
 
 def _share(ns, denom_ns):
@@ -172,6 +270,15 @@ def render(s: dict, file=None) -> None:
         w("  layer tree (inclusive ms/step)")
         for n in d["tree"][:40]:
             w(f"    {'  ' * n['depth']}{n['path'].rsplit('.', 1)[-1]:<{max(1, 40 - 2 * n['depth'])}} {n['ms']:8.2f}")
+    k = s.get("kernels") or {}
+    w()
+    if not k.get("recorded"):
+        w(f"GPU kernels: {k.get('why', KERNELS_NOT_RECORDED)}")
+    else:
+        w(f"GPU kernels, per window step ({k['window_steps']} steps)")
+        w(f"  {'kernel':<58} {'GPU ms/step':>11} {'calls':>6}  operator (layer)")
+        for o in k["top"]:
+            w(f"  {o['name'][:58]:<58} {o['gpu_ms']:11.3f} {o['calls']:6.0f}  {o['op'] or '-'} ({o['module'] or '-'})")
     diff = s["difference"]
     if diff:
         w()

@@ -27,6 +27,7 @@ from .hangs import hang_summary
 from .html_report import render_html
 from .load import Run, analyse
 from .memory import memory_breakdown
+from .ops import report_section as operators_section
 from .steps import step_stats
 from .system import system_figures
 from .terminal import print_summary
@@ -109,6 +110,7 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
         "per_rank_steps": steps.get("per_rank", {}),
         "profiling_cost": profiling_cost(run),
         "hangs": hang_summary(run),  # null unless a rank hung, failed or died (analysis/hangs.py)
+        "operators": operators_section(run),  # null unless the run has deep windows (analysis/ops.py)
     }
 
 

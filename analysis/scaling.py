@@ -22,7 +22,8 @@ from tbdprof import schema, store
 from tbdprof.errors import UserError
 
 from . import network
-from .breakdown import coverage_ns, steady_comm
+from .bandwidth import best_call_busbw
+from .breakdown import COMPUTE, Phases, coverage_ns
 from .load import Run, RunError, analyse
 from .steps import step_stats
 
@@ -38,15 +39,18 @@ class ScalingError(UserError):
 
 # ---------------------------------------------------------------- one run
 
-def _split_sql() -> str:
-    not_compute = f"('{schema.PHASE_DATA}', '{schema.PHASE_COMM}')"
+# The phases the step split sums: data wait, explicit comm waits, compute.
+_SPLIT_PHASES = {"data": Phases(only=(schema.PHASE_DATA,)), "cph": Phases(only=(schema.PHASE_COMM,)), "comp": COMPUTE}
+
+
+def _split_sql() -> tuple[str, dict]:
     ov = "greatest(0, least(p.end_ns, w.we) - greatest(p.start_ns, w.ws))"
     dur = "(p.end_ns - p.start_ns)"
-    sums = {
-        "data": f"name = '{schema.PHASE_DATA}'", "cph": f"name = '{schema.PHASE_COMM}'", "comp": f"name NOT IN {not_compute}",
-    }
-    cols = ", ".join(f"coalesce(sum({dur}) FILTER (WHERE p.{c}), 0) AS {k}, coalesce(sum({ov}) FILTER (WHERE p.{c}), 0) AS {k}_w"
-                     for k, c in sums.items())
+    cols, params = [], {}
+    for k, phases in _SPLIT_PHASES.items():
+        cond, p = phases.sql(k)
+        cols.append(f"coalesce(sum({dur}) FILTER (WHERE {cond}), 0) AS {k}, coalesce(sum({ov}) FILTER (WHERE {cond}), 0) AS {k}_w")
+        params |= p
     return (
         "WITH st AS (SELECT rank, step, start_ns AS s, end_ns AS e FROM steady_steps), "
         "c AS (SELECT rank, step, max(start_ns) AS l, max(end_ns) AS ce FROM steady_comm GROUP BY ALL), "
@@ -56,13 +60,13 @@ def _split_sql() -> str:
         "c.ce, lm.last FROM st LEFT JOIN c USING (rank, step) LEFT JOIN lm USING (step)), "
         "w AS (SELECT *, CASE WHEN ce IS NULL THEN ws ELSE greatest(least(ce, e), ws) END AS we FROM w0), "
         "p AS (SELECT rank, step, name, start_ns, end_ns FROM steady_phases), "
-        f"ph AS (SELECT w.rank, w.step, {cols} FROM w JOIN p USING (rank, step) GROUP BY ALL), "
+        f"ph AS (SELECT w.rank, w.step, {', '.join(cols)} FROM w JOIN p USING (rank, step) GROUP BY ALL), "
         "r AS (SELECT w.e - w.s AS step_ns, w.we - w.ws AS wait, greatest(0, least(w.last, w.we) - w.ws) AS sync, "
         "coalesce(data, 0) AS data, coalesce(data_w, 0) AS data_w, coalesce(cph, 0) AS cph, coalesce(cph_w, 0) AS cph_w, "
         "coalesce(comp, 0) AS comp, coalesce(comp_w, 0) AS comp_w FROM w LEFT JOIN ph USING (rank, step)) "
         "SELECT count(*), avg(step_ns), avg(comp - comp_w), avg(wait - sync + cph - cph_w), avg(data - data_w), avg(sync), "
         "avg(step_ns - comp - data - cph - (wait - comp_w - data_w - cph_w)) FROM r"
-    )
+    ), params
 
 
 def step_split(run: Run) -> dict:
@@ -78,7 +82,7 @@ def step_split(run: Run) -> dict:
     the wait; ``data_wait`` the data-wait phase outside the wait; ``other``
     the step time no phase and no wait covers.
     """
-    n, step_ns, *parts = run.sql(_split_sql())[0]
+    n, step_ns, *parts = run.sql(*_split_sql())[0]
     return {"rank_steps": int(n or 0), "step_s": (step_ns or 0) / 1e9} | {c: (v or 0) / 1e9 for c, v in zip(CAUSES, parts)}
 
 
@@ -110,11 +114,11 @@ def run_figures(run: Run, repeat: int | None = None) -> dict:
     if period is not None:
         causes["other"] += period - split["step_s"]  # time between steps
     fig["split_s"] = causes
-    busy_ns = sum(c["total"] for c in coverage_ns(run, steady_comm(run)).values())
+    busy_ns = sum(c["total"] for c in coverage_ns(run).values())
     busy = busy_ns / 1e9 / split["rank_steps"] if busy_ns and split["rank_steps"] else None
     fig["comm"] = {
         "busy_s": busy, "transfer_s": max(0.0, busy - split["sync_wait"]) if busy is not None else None,
-        "grad_bytes": network.gradient_bytes_per_step(run) if n > 1 else None, "best_busbw": network.best_call_busbw(run),
+        "grad_bytes": network.gradient_bytes_per_step(run) if n > 1 else None, "best_busbw": best_call_busbw(run),
     }
     fig["latency_s"] = hop_latency(run)
     if rate is None or not split["rank_steps"]:

@@ -72,4 +72,4 @@ def _stats(row) -> dict:
 
 def step_series(run: Run) -> Series:
     """Step duration (s) over time per rank, all steps, bucketed to a bounded number of points."""
-    return span_series(run, f"kind = '{schema.KIND_STEP}'")
+    return span_series(run, schema.KIND_STEP)

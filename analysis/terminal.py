@@ -93,6 +93,9 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
 
     if (line := cost_line(summary.get("profiling_cost"))) is not None:
         con.print(line, markup=False)
+    from .ops import print_operators
+
+    print_operators(con, summary.get("operators"))  # deep windows: what they cost, top operators and layers
     phases = list(summary["phase_fraction"])
     if not summary["breakdown"]:
         con.print("step breakdown: no steps recorded")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tbdprof import schema
 
-from .load import Run, sql_list
+from .load import Run
 
 MAX_POINTS = 2000
 COUNTERS = tuple(m.name for m in schema.METRICS.values() if m.counter)
@@ -44,18 +44,27 @@ def _samples_end(run: Run) -> int | None:
     return run.cached("samples_end", lambda: run.sql("SELECT max(ts_ns) FROM samples")[0][0])
 
 
-def sample_buckets(run: Run) -> str | None:
-    """The name of a table of every series cut into ``MAX_POINTS`` time buckets, made once per run.
+def sample_buckets(run: Run) -> bool:
+    """Whether the run has samples; then table ``sample_buckets`` and view ``counter_buckets`` exist (made once per run).
 
-    Columns: host, rank, metric, device, b (bucket), n (readings), mean, vmax, vmin,
+    ``sample_buckets`` is every series cut into ``MAX_POINTS`` time buckets:
+    host, rank, metric, device, b (bucket), n (readings), mean, vmax, vmin,
     t_first, t_last, v_first, v_last. Every figure over samples (timelines,
-    averages, counter totals and rates) reads this table instead of the
-    readings, so a run's samples are scanned once.
+    averages, counter totals and rates) reads it instead of the readings, so
+    a run's samples are scanned once.
+
+    ``counter_buckets`` has the counter increases per bucket: (host, rank,
+    metric, device, b, t_last, dv, dt_ns): ``dv`` is the increase from the
+    previous bucket's last reading (the bucket's own first reading, for the
+    first bucket) to this bucket's last one, i.e. the sum of the
+    consecutive-reading deltas that end in the bucket; a drop (a counter
+    reset) counts as no increase. ``dt_ns`` is the time between those
+    readings. A filter on the metric reaches the buckets before the window.
     """
-    def make() -> str | None:
-        width = _width(run, _samples_end(run), MAX_POINTS) if run.has(schema.SAMPLES) else None
+    def make() -> bool:
+        width = bucket_width(run)
         if width is None:
-            return None
+            return False
         run.sql(
             "CREATE TEMP TABLE sample_buckets AS SELECT host, rank, metric, device, (ts_ns - ?) // ? AS b, "
             "count(*) AS n, avg(value) AS mean, max(value) AS vmax, min(value) AS vmin, min(ts_ns) AS t_first, "
@@ -63,44 +72,19 @@ def sample_buckets(run: Run) -> str | None:
             "FROM samples GROUP BY ALL",
             [run.t0_ns, width],
         )
-        return "sample_buckets"
+        run.sql(
+            "CREATE TEMP VIEW counter_buckets AS SELECT host, rank, metric, device, b, t_last, "
+            "greatest(0, v_last - v_first) + coalesce(greatest(0, v_first - lag(v_last) OVER w), 0) AS dv, "
+            "t_last - coalesce(lag(t_last) OVER w, t_first) AS dt_ns "
+            "FROM sample_buckets WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY b)"
+        )
+        return True
 
     return run.cached("sample_buckets", make)
 
 
 def bucket_width(run: Run) -> int | None:
     return _width(run, _samples_end(run), MAX_POINTS) if run.has(schema.SAMPLES) else None
-
-
-def rate_sql(where: str = "metric = ?") -> str:
-    """Consecutive-reading deltas of counter samples: (host, rank, metric, device, ts_ns, dv, dt_ns).
-
-    A negative delta (a counter reset) is dropped. Sorts every reading: for
-    streaming exports; figures use :func:`counter_buckets_sql`.
-    """
-    return (
-        "SELECT host, rank, metric, device, ts_ns, CASE WHEN dv >= 0 THEN dv END AS dv, dt_ns FROM ("
-        "SELECT host, rank, metric, device, ts_ns, value - lag(value) OVER w AS dv, ts_ns - lag(ts_ns) OVER w AS dt_ns "
-        f"FROM samples WHERE {where} WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY ts_ns)) WHERE dt_ns > 0"
-    )
-
-
-def counter_buckets_sql(where: str) -> str:
-    """Counter increases per bucket from :func:`sample_buckets` (create it first).
-
-    Rows: (host, rank, metric, device, b, t_last, dv, dt_ns): ``dv`` is the
-    increase from the previous bucket's last reading (the bucket's own first
-    reading, for the first bucket) to this bucket's last one, i.e. the sum of
-    the consecutive-reading deltas that end in the bucket; a drop (a counter
-    reset) counts as no increase. ``dt_ns`` is the time between those readings.
-    """
-    return (
-        "SELECT host, rank, metric, device, b, t_last, "
-        "greatest(0, v_last - v_first) + coalesce(greatest(0, v_first - lag(v_last) OVER w), 0) AS dv, "
-        "t_last - coalesce(lag(t_last) OVER w, t_first) AS dt_ns "
-        f"FROM sample_buckets WHERE {where} "
-        "WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY b)"
-    )
 
 
 def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: float = 1.0) -> Series:
@@ -110,13 +94,13 @@ def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: fl
     series: the buckets of :func:`sample_buckets`, merged ``k`` at a time in
     SQL when fewer points are asked for.
     """
-    if sample_buckets(run) is None:
+    if not sample_buckets(run):
         return {}
     width = bucket_width(run)
     k = max(1, -(-MAX_POINTS // max(1, max_points)))
     if is_counter(metric):
         query = (f"SELECT host, rank, device, b // {k} AS g, sum(dv) / (sum(dt_ns) / 1e9) "
-                 f"FROM ({counter_buckets_sql('metric = ?')}) WHERE dt_ns > 0 GROUP BY ALL ORDER BY ALL")
+                 "FROM counter_buckets WHERE metric = ? AND dt_ns > 0 GROUP BY ALL ORDER BY ALL")
     else:
         query = f"SELECT host, rank, device, b // {k} AS g, sum(mean * n) / sum(n) FROM sample_buckets WHERE metric = ? GROUP BY ALL ORDER BY ALL"
     out: Series = {}
@@ -129,14 +113,15 @@ def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: fl
     return out
 
 
-def span_series(run: Run, where: str, max_points: int = MAX_POINTS) -> Series:
-    """Per rank, the mean duration (s) of the spans matching ``where``, bucketed by start time."""
-    width = _width(run, run.sql(f"SELECT max(start_ns) FROM spans WHERE {where}")[0][0], max_points)
+def span_series(run: Run, kind: str, name: str | None = None, max_points: int = MAX_POINTS) -> Series:
+    """Per rank, the mean duration (s) of the spans of ``kind`` (named ``name``, or all), bucketed by start time."""
+    where, params = ("kind = ?", [kind]) if name is None else ("kind = ? AND name = ?", [kind, name])
+    width = _width(run, run.sql(f"SELECT max(start_ns) FROM spans WHERE {where}", params)[0][0], max_points)
     if width is None:
         return {}
     out: Series = {}
     rows = run.sql(f"SELECT rank, (start_ns - ?) // ? AS b, avg(end_ns - start_ns) / 1e9 FROM spans WHERE {where} "
-                   "GROUP BY ALL ORDER BY ALL", [run.t0_ns, width])
+                   "GROUP BY ALL ORDER BY ALL", [run.t0_ns, width, *params])
     for rank, b, value in rows:
         out.setdefault(f"rank {rank}", []).append(((b + 0.5) * width / 1e9, value))
     return out
@@ -149,17 +134,17 @@ def counter_rates(run: Run, metrics: tuple[str, ...], steady: bool = True) -> di
     :attr:`Run.steady_window` (to one bucket, 1/MAX_POINTS of the run, at
     its edges) when they hold an increase, otherwise over the whole run.
     """
-    if not metrics or sample_buckets(run) is None:
+    if not metrics or not sample_buckets(run):
         return {}
     window = run.steady_window if steady else None
     lo, hi = window or (0, 0)
     query = (
         "SELECT host, rank, metric, device, sum(dv), sum(dt_ns), "
         "sum(dv) FILTER (WHERE t_last - dt_ns >= ? AND t_last <= ?), sum(dt_ns) FILTER (WHERE t_last - dt_ns >= ? AND t_last <= ?) "
-        f"FROM ({counter_buckets_sql(f'metric IN {sql_list(metrics)}')}) GROUP BY ALL ORDER BY ALL"
+        "FROM counter_buckets WHERE list_contains(?, metric) GROUP BY ALL ORDER BY ALL"
     )
     out = {}
-    for host, rank, metric, device, total, t_all, d_win, t_win in run.sql(query, [lo, hi, lo, hi]):
+    for host, rank, metric, device, total, t_all, d_win, t_win in run.sql(query, [lo, hi, lo, hi, list(metrics)]):
         delta, secs = (d_win, t_win) if window and t_win else (total, t_all)
         out[(host, rank, metric, device)] = {"total": total, "per_s": delta / (secs / 1e9) if secs else None}
     return out
@@ -168,11 +153,12 @@ def counter_rates(run: Run, metrics: tuple[str, ...], steady: bool = True) -> di
 def gauge_stats(run: Run, metrics: tuple[str, ...] | None = None, steady: bool = True) -> list[tuple]:
     """(host, rank, metric, device, avg, max, readings) of gauge ``metrics`` (all gauges when None),
     over the buckets inside the steady window when there are any, else the whole run."""
-    if sample_buckets(run) is None:
+    if not sample_buckets(run):
         return []
-    cond = f"metric IN {sql_list(metrics)}" if metrics else f"metric NOT IN {sql_list(COUNTERS)}"
+    cond = "list_contains(?, metric)" if metrics else "NOT list_contains(?, metric)"
     query = (f"SELECT host, rank, metric, device, sum(mean * n) / sum(n), max(vmax), sum(n) FROM sample_buckets "
              f"WHERE {cond} AND t_first >= ? AND t_last <= ? GROUP BY ALL ORDER BY ALL")
+    names = list(metrics or COUNTERS)
     window = run.steady_window if steady else None
-    rows = run.sql(query, list(window)) if window else []
-    return rows or run.sql(query, [-(2**62), 2**62])
+    rows = run.sql(query, [names, *window]) if window else []
+    return rows or run.sql(query, [names, -(2**62), 2**62])

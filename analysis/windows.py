@@ -36,12 +36,13 @@ def windows(rank_meta: dict) -> list[dict]:
 
 def excluded_ranges(rank_meta: dict) -> list[tuple[int, int]]:
     """(first, last) step ranges always-on figures leave out: the window and the step that carried its stop."""
-    rows = []
-    for w in windows(rank_meta):
-        ex = w.get("excluded")
-        first, last = (ex[0], ex[1]) if isinstance(ex, list) and len(ex) == 2 else (w["first"], w["last"])
-        rows.append((int(first), int(last)))
-    return rows
+    return [_excluded(w) for w in windows(rank_meta)]
+
+
+def _excluded(w: dict) -> tuple[int, int]:
+    ex = w.get("excluded")
+    first, last = (ex[0], ex[1]) if isinstance(ex, list) and len(ex) == 2 else (w["first"], w["last"])
+    return int(first), int(last)
 
 
 def define_views(con, ranks: dict[int, dict]) -> None:
@@ -58,3 +59,56 @@ def define_views(con, ranks: dict[int, dict]) -> None:
         return
     keep = f"(kind = '{schema.KIND_MARK}' AND name = '{schema.MARK_DEEP_WINDOW}')"
     con.execute(f"CREATE VIEW spans AS SELECT * FROM spans_all WHERE NOT ({' OR '.join(conds)}) OR {keep}")
+
+
+NEIGHBOURS = 10  # steps on each side of a window that its cost is measured against
+
+
+def window_cost(run) -> dict:
+    """What the windows cost the training: the mean step of window steps (the step carrying the profiler's stop
+    included) against the median of up to :data:`NEIGHBOURS` steps on each side outside any window, after
+    warm-up; with the profiler's start and stop calls and the writer's CPU per window (``deep.json``)."""
+    rows, calls = [], {"start_call_s": [], "stop_call_s": [], "process_cpu_s": []}
+    for rank, meta in sorted(run.ranks.items()):
+        for i, w in enumerate(windows(meta)):
+            first, last = _excluded(w)
+            rows.append(f"({int(rank)}, {i}, {first}, {last})")
+            for k, v in calls.items():
+                if isinstance(w.get(k), (int, float)):
+                    v.append(w[k])
+    out = {"windows": len(rows), "window_step_ms": None, "neighbour_step_ms": None, "extra_ms": None,
+           "extra_fraction": None, **{k: (sum(v) / len(v) if v else None) for k, v in calls.items()}}
+    if not rows:
+        return out
+    excl = " OR ".join(f"(s.rank = {int(r)} AND s.step BETWEEN {a} AND {b})"
+                       for r, m in run.ranks.items() for a, b in excluded_ranges(m)) or "false"
+    inside, around = run.sql(
+        f"WITH w(rank, id, a, b) AS (VALUES {', '.join(rows)}), "
+        f"s AS (SELECT rank, step, end_ns - start_ns AS d FROM spans_all WHERE kind = '{schema.KIND_STEP}'), "
+        "x AS (SELECT w.rank, w.id, s.step BETWEEN w.a AND w.b AS inside, s.d FROM w JOIN s ON s.rank = w.rank "
+        f"AND s.step BETWEEN w.a - {NEIGHBOURS} AND w.b + {NEIGHBOURS} "
+        f"WHERE (s.step BETWEEN w.a AND w.b) OR (s.step >= {int(run.warmup_steps)} AND NOT ({excl}))) "
+        "SELECT avg(d) FILTER (WHERE inside), median(d) FILTER (WHERE NOT inside) FROM x")[0]
+    if inside is not None:
+        out["window_step_ms"] = inside / 1e6
+    if around is not None:
+        out["neighbour_step_ms"] = around / 1e6
+    if inside is not None and around:
+        out["extra_ms"] = (inside - around) / 1e6
+        out["extra_fraction"] = (inside - around) / around
+    return out
+
+
+def window_bytes(run, window_steps: int) -> dict:
+    """Bytes the windows wrote: the gzip'd Kineto traces (``deep.json``) and the ``ops`` (and ``kernels``) segments."""
+    traces = sum(w.get("trace_bytes") or 0 for m in run.ranks.values() for w in windows(m))
+    tables = 0
+    for table in (schema.OPS, schema.KERNELS):
+        for p in run.files.get(table, []):
+            try:
+                tables += Path(p).stat().st_size
+            except OSError:
+                pass
+    total = traces + tables
+    return {"traces": traces, "rows": tables, "total": total,
+            "per_window_step": total / window_steps if window_steps else None}

@@ -41,9 +41,10 @@ _SI_KERNEL = 0x80  # si_code of a signal the kernel sent, e.g. a terminal's Ctrl
 
 
 def child_env(base: dict, run_dir: Path, sample_hz: float, flush_s: float,
-              deep_every: int | None = None, deep_steps: int | None = None) -> dict:
+              deep_every: int | None = None, deep_steps: int | None = None, deep_anomaly: str | None = None) -> dict:
     """The environment that makes every Python process of the command record itself
-    (with deep windows every ``deep_every`` steps; unset: what ``base`` says, else none)."""
+    (with deep windows every ``deep_every`` steps; unset: what ``base`` says, else none; and on
+    anomalies by ``deep_anomaly``, unset: what ``base`` says, else the default)."""
     env = dict(base)
     env.pop(autoprofile.ENV_RANK_PID, None)
     path = env.get("PYTHONPATH")
@@ -56,12 +57,13 @@ def child_env(base: dict, run_dir: Path, sample_hz: float, flush_s: float,
         "TBDPROF_RUN_ID": run_dir.name,
         deep.ENV_DEEP_EVERY: str(deep_every) if deep_every is not None else env.get(deep.ENV_DEEP_EVERY) or "0",
         deep.ENV_DEEP_STEPS: str(deep_steps) if deep_steps is not None else env.get(deep.ENV_DEEP_STEPS) or str(deep.DEFAULT_STEPS),
+        deep.ENV_DEEP_ANOMALY: deep_anomaly or env.get(deep.ENV_DEEP_ANOMALY) or deep.DEFAULT_ANOMALY,
     })
     return env
 
 
 FORWARDED_ENV = ("PYTHONPATH", autoprofile.ENV_AUTO, autoprofile.ENV_SAMPLE_HZ, autoprofile.ENV_FLUSH_S, "TBDPROF_RUN_DIR", "TBDPROF_RUN_ID",
-                 deep.ENV_DEEP_EVERY, deep.ENV_DEEP_STEPS)
+                 deep.ENV_DEEP_EVERY, deep.ENV_DEEP_STEPS, deep.ENV_DEEP_ANOMALY)
 
 
 def _is_open_mpi(exe: str) -> bool:
@@ -167,13 +169,17 @@ def add_parser(sub) -> None:
     s.add_argument("--deep-every", type=int, default=None, metavar="N",
                    help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
     s.add_argument("--deep-steps", type=int, default=None, metavar="K", help="steps per deep window (default 5)")
+    s.add_argument("--deep-anomaly", default=None, metavar="FACTORxSTEPS",
+                   help="a deep window when STEPS steps in a row are FACTOR x slower than the running median "
+                        "(default 1.5x5, at most 4 windows an hour; off: none)")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: the command to run and record")
     s.set_defaults(func=lambda args: run_profile(args.command[args.command[:1] == ["--"]:], args.out, args.run_id, args.sample_hz, args.flush_s,
-                                                 deep_every=args.deep_every, deep_steps=args.deep_steps))
+                                                 deep_every=args.deep_every, deep_steps=args.deep_steps,
+                                                 deep_anomaly=args.deep_anomaly))
 
 
 def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: float, flush_s: float,
-                deep_every: int | None = None, deep_steps: int | None = None) -> int:
+                deep_every: int | None = None, deep_steps: int | None = None, deep_anomaly: str | None = None) -> int:
     """Run ``command`` under the profiler; returns its exit code."""
     if not command:
         raise LaunchError("give the command to profile after --: tbdprof profile -- python train.py")
@@ -184,6 +190,11 @@ def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: flo
             deep.config(deep_every or 0, deep_steps)
         except ValueError as e:
             raise LaunchError(f"--deep-every/--deep-steps: {e}") from None
+    if deep_anomaly is not None:
+        try:
+            deep.anomaly_config(deep_anomaly)
+        except ValueError as e:
+            raise LaunchError(f"--deep-anomaly: {e}") from None
     exe, code = resolve(command, dict(os.environ))
     if exe is None:
         why = "command not found" if code == EXIT_NOT_FOUND else "permission denied"
@@ -192,7 +203,7 @@ def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: flo
     os.environ.pop("TBDPROF_RUN_DIR", None)  # ours goes to the child; the monitor writes where we say
     info = ranks.detect()
     run_dir = _profile_run_dir(out, run_id, info)
-    env = child_env(dict(os.environ), run_dir, sample_hz, flush_s, deep_every, deep_steps)
+    env = child_env(dict(os.environ), run_dir, sample_hz, flush_s, deep_every, deep_steps, deep_anomaly)
     argv = forward_env(command, exe)
     lead = info.rank == 0
     if lead:

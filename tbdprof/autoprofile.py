@@ -35,10 +35,12 @@ import os
 import shutil
 import sys
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 from . import clock, profiler, schema
+from .hooks import CopySafeHook
 from .profiler import Profiler, _ensure_log_handler, log
 from .trained import TrainedParams
 
@@ -144,6 +146,11 @@ class AutoRecorder:
     The hooks only filter and forward: which module is the trained model
     (:data:`TRAINED`), with or without gradients, outermost only, never a
     recomputation inside backward; the step state is :class:`~tbdprof.autostep.AutoSteps`'.
+
+    The global forward pre-hook is in only between the model's forwards: the
+    model's forward (its *top* call) takes it out and a forward hook on the
+    model puts it back when the call returns, so the model's submodules run
+    on PyTorch's hook-free fast path, as unprofiled.
     """
 
     def __init__(self):
@@ -153,18 +160,21 @@ class AutoRecorder:
         self.off = False
         self.prof: Profiler | None = None
         self.steps = None  # an AutoSteps once the recorder starts
-        self._role_pid = -1
-        self._role = ""
-        self._depth = 0  # module forwards in progress inside the trained model's (0: none)
-        self._training_fwd = False  # the model's forward in progress has gradients enabled
+        self._role: str | None = None  # this process's role (None: ask the rule table at the next event)
+        self._top = None  # the trained module whose forward is in progress (the global pre-hook is out meanwhile)
+        self._nest = 0  # calls of the top module inside its own forward
+        self._local: dict[int, tuple] = {}  # id(top module) -> (weak reference to it, its local hook handles)
+        self._recording = False  # _ready() said yes: this process is a rank and its recorder runs
+        self._training_fwd = False  # the top's forward has gradients enabled
         self._fwd_start = 0
         self._opt_depth = 0  # a wrapping optimizer (Horovod's) steps the wrapped one inside
         self._watched = False
         self._failed = False
         self._handles: list = []
         self._restore: list[Callable[[], None]] = []
-        self.module_calls = 0  # global module-hook calls (pre and post: one count), for the cost account
-        self.hook_ns = 0  # time inside the guarded hooks (top-level forwards, batches, optimizer steps)
+        self._global_pre: tuple[dict, int] | None = None  # torch's global pre-hook dict and our key in it
+        self.module_calls = 0  # global pre-hook calls (module calls outside the model's forward), for the cost account
+        self.hook_ns = 0  # time inside the guarded hooks (the model's forwards, batches, optimizer steps)
 
     # --- installing and removing ----------------------------------------------
 
@@ -172,12 +182,12 @@ class AutoRecorder:
         from . import progress
 
         progress.arm()  # DataLoader workers forked before the recorder starts can still show their stacks at a hang
-        from torch.nn.modules import module
+        os.register_at_fork(after_in_child=self.reconsider_role)
         from torch.optim import optimizer
         from torch.utils.data import dataloader
 
         self._handles = [
-            *self._module_hooks(),
+            self._module_hook(),
             optimizer.register_optimizer_step_pre_hook(self._opt_pre),
             optimizer.register_optimizer_step_post_hook(self._opt_post),
         ]
@@ -204,44 +214,43 @@ class AutoRecorder:
         GradScaler.update = scaler_update
         self._restore.append(lambda: setattr(GradScaler, "update", update))
 
-    def _module_hooks(self) -> list:
+    def _module_hook(self):
         from torch.nn.modules import module
 
-        return [module.register_module_forward_pre_hook(self._fwd_pre),
-                module.register_module_forward_hook(self._fwd_post, always_call=True)]
+        handle = module.register_module_forward_pre_hook(self._fwd_pre)
+        self._global_pre = (module._global_forward_pre_hooks, handle.id)  # taken out and put back around the top
+        return handle
 
     def _module_hook_cost_s(self, n: int = 1000) -> float:
-        """Calibrated cost of one module call's pair of global hooks (inside the trained model's forward): a timed
-        loop of a trivial module with the hooks in, against the same loop with them out."""
+        """Calibrated cost of one module call under the global pre-hook (a loss or metric module: not the model),
+        against the same call without it: PyTorch's slow path with hooks, and the hook's filter."""
         from .cost import _best_per_call
 
         torch = self.torch
         ident, x = torch.nn.Identity(), torch.zeros(1)
-        depth, calls = self._depth, self.module_calls
-        self._depth = depth + 1  # as for a submodule of the model: the hooks' common path
+        calls = self.module_calls
+        hooks, key = self._global_pre
 
         def call(k):
             for _ in range(k):
                 ident(x)
 
         def without(k):
-            for h in self._handles[:2]:
-                h.remove()
+            hook = hooks.pop(key)
             try:
                 call(k)
             finally:
-                self._handles[:2] = self._module_hooks()
+                hooks[key] = hook
 
         try:
-            per = _best_per_call(call, without, n)
+            return _best_per_call(call, without, n)
         finally:
-            self._depth, self.module_calls = depth, calls
-        return per
+            self.module_calls = calls
 
     def _cost(self) -> dict:
         """This recorder's entries of the profiler's cost account (tbdprof.cost)."""
         hooks = {"events": self.module_calls, "timed_s": self.hook_ns / 1e9}
-        if self._handles and not self.off:
+        if self._handles and not self.off and self._top is None:
             hooks["per_event_us"] = self._module_hook_cost_s() * 1e6
         else:
             hooks["error"] = "hooks already removed: per-call cost not calibrated"
@@ -250,11 +259,12 @@ class AutoRecorder:
     def remove(self) -> None:
         """Take every hook out (idempotent)."""
         self.off = True
-        for h in self._handles:
+        for h in [*self._handles, *(h for _, local in self._local.values() for h in local)]:
             h.remove()
         for undo in self._restore:
             undo()
-        self._handles, self._restore = [], []
+        self._handles, self._restore, self._top = [], [], None
+        self._local.clear()
 
     def fail(self, e: BaseException) -> None:
         """Log ``e`` once and take the hooks out; what was recorded is still closed at exit."""
@@ -263,22 +273,23 @@ class AutoRecorder:
         log.warning("tbdprof: automatic profiling of this process stopped (%s: %s)", e.__class__.__name__, e)
 
     def reconsider_role(self) -> None:
-        """Ask the rule table again at the next event (this process just joined a process group)."""
-        self._role_pid = -1
+        """Ask the rule table again at the next event (this process just joined a process group, or was forked)."""
+        self._role = None
+        self._recording = False
 
     # --- the recorder ----------------------------------------------------------
 
     def _ready(self, training: bool = True) -> bool:
         """True when this process records; only ``training`` work starts the recorder."""
-        pid = os.getpid()
-        if pid != self._role_pid:  # first call, a forked child, or a process that joined a group
-            self._role_pid, self._role = pid, classify(facts()).role
+        if self._role is None:  # first call, a forked child, or a process that joined a group
+            self._role = classify(facts()).role
         if self._role != "rank":
             return False
         if self.prof is None:
             if not training:
                 return False
             self._start()
+        self._recording = True
         return True
 
     def _start(self) -> None:
@@ -352,32 +363,39 @@ class AutoRecorder:
 
     @_guarded
     def _batch(self, start: int, batch) -> None:
-        if self._ready(self.torch.is_grad_enabled()):
+        if self._recording or self._ready(self.torch.is_grad_enabled()):
             self.steps.fetched(start, clock.now_ns(), batch)
 
     def _fwd_pre(self, module, args) -> None:
-        # The fast path, for every submodule of the trained model: no guard frame, no timing.
+        """The global pre-hook: every module call outside the model's forward (loss and metric modules, the
+        model's own top call); unguarded and untimed up to the filter (counted and calibrated instead)."""
         self.module_calls += 1
-        if self._depth and not self.off:
-            self._depth += 1
+        try:
+            if self.off or self.torch._C._current_graph_task_id() != -1 or not TRAINED.is_trained(module):
+                return None  # a loss or metric module, a frozen copy, or recomputation inside backward
+        except Exception as e:  # noqa: BLE001 - profiling must never break the training
+            self.fail(e)
             return None
-        return self._fwd_pre_top(module, args)
-
-    def _fwd_post(self, module, args, output) -> None:
-        if self._depth > 1 and not self.off:
-            self._depth -= 1
-            return None
-        return self._fwd_post_top(module, args, output)
+        return self._enter(module, args)
 
     @_guarded
-    def _fwd_pre_top(self, module, args) -> None:  # no model forward in progress (the fast path took those)
-        if self.torch._C._current_graph_task_id() != -1 or not TRAINED.is_trained(module):
-            return  # a loss or metric module, a frozen copy, or recomputation inside backward
+    def _enter(self, module, args) -> None:
+        """The outermost forward of a trained module begins: the top, until its forward hook."""
         grad = self.torch.is_grad_enabled()
-        if not self._ready(grad):
-            return
-        self._depth, self._training_fwd = 1, grad
-        if not grad:
+        hooked = self._local.get(id(module))
+        if hooked is None or hooked[0]() is not module:
+            self._local[id(module)] = (weakref.ref(module), [
+                module.register_forward_pre_hook(CopySafeHook(self._local_pre)),
+                module.register_forward_hook(CopySafeHook(self._local_post), always_call=True)])
+            self._nest = 0  # PyTorch reads a call's local hooks with the global ones: the new pre-hook runs from the next call
+        else:
+            self._nest = -1  # its local pre-hook, next in this call, counts this call
+        hooks, key = self._global_pre
+        del hooks[key]
+        self._top = module
+        recorded = self._recording or self._ready(grad)
+        self._training_fwd = grad if recorded else None  # None: not recorded (no training yet, or not a rank)
+        if not (recorded and grad):
             self._fwd_start = clock.now_ns()
             return
         if not self._watched:
@@ -385,14 +403,26 @@ class AutoRecorder:
             self._watch(module)
         self.steps.forward_begin(module, args)
 
+    def _local_pre(self, module, args) -> None:
+        if module is self._top:
+            self._nest += 1
+
+    def _local_post(self, module, args, output) -> None:
+        if module is not self._top:
+            return None  # a module that was a top once, inside another's forward
+        if self._nest:
+            self._nest -= 1
+            return None
+        return self._exit(output)
+
     @_guarded
-    def _fwd_post_top(self, module, args, output) -> None:  # depth 0 or 1 (the fast path took the deeper ones)
-        if not self._depth:
-            return
-        self._depth = 0
+    def _exit(self, output) -> None:
+        self._top = None
+        hooks, key = self._global_pre
+        hooks[key] = self._fwd_pre
         if self._training_fwd:
             self.steps.forward_end(output)
-        else:
+        elif self._training_fwd is not None:
             self.steps.eval_forward(self._fwd_start, clock.now_ns())
 
     @_guarded
@@ -448,7 +478,12 @@ def install() -> AutoRecorder | None:
         if _undo_trained is None:  # before any optimizer is built, in every process that may become a rank
             _undo_trained = TRAINED.install()
             profiler.on_start(yield_to)
-    if classify(f).role != "rank":
+    role = classify(f).role
+    if role == "launcher" and _program(f.argv).endswith(("torchrun", "torch.distributed.run", "torch.distributed.launch")):
+        from .exits import watch_torchrun
+
+        watch_torchrun(f.env.get("TBDPROF_RUN_DIR"))  # how its ranks end, where they cannot say it themselves
+    if role != "rank":
         return None
     rec = AutoRecorder()
     try:

@@ -49,6 +49,7 @@ class AutoSteps:
     def __init__(self, prof: Profiler):
         self.prof = prof
         self.phases = PhaseTracker(prof, self._emit)
+        self.forward_end = self.phases.forward_end  # the model's forward returned: the phases' own (no step state)
         self._spans: list[tuple[str, int, int]] = []  # host phases of the open step
         self._fetched: deque = deque(maxlen=_FETCH_QUEUE)  # (fetch start, items)
         self._loader_seen = False
@@ -66,11 +67,10 @@ class AutoSteps:
     def _open(self, now: int) -> None:
         """Make sure a step is open for an event at ``now``."""
         prof = self.prof
-        if prof.step_open and self._eval is not None and not self._trained:
-            # the open step held only an evaluation pass (and its fetches): begin again after it
-            prof.discard_step()
         if prof.step_open:
-            return
+            if self._eval is None or self._trained:
+                return
+            prof.discard_step()  # the open step held only an evaluation pass (and its fetches): begin again after it
         last_end = prof.last_step_end_ns
         start = now if last_end is None else last_end
         if self._eval is not None:
@@ -108,9 +108,6 @@ class AutoSteps:
         self._trained = True
         self.model = module
         self.phases.forward_begin(module)
-
-    def forward_end(self, output) -> None:
-        self.phases.forward_end(output)
 
     def eval_forward(self, start: int, end: int) -> None:
         """A forward of a trained module without gradients: part of an evaluation pass, unless inside a step's training."""

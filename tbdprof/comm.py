@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from . import clock, schema
 from .cuda import CudaPending, SpanSink
+from .schema import SpanRow
 
 
 def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending: CudaPending):
@@ -61,7 +62,7 @@ def make_allreduce_hook(sink: SpanSink, current_step: Callable[[], int], pending
 
         def done(f):
             in_flight.pop(index, None)
-            sink(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, clock.now_ns(), nbytes, None)
+            sink(SpanRow(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, clock.now_ns(), nbytes))
             return f.value()[0]
 
         return fut.then(done)

@@ -21,11 +21,12 @@ from collections import deque
 from typing import Any, Callable
 
 from . import clock
+from .schema import SpanRow
 
 log = logging.getLogger("tbdprof")
 
-SpanSink = Callable[[int, str, str, int, int, "int | None", "int | None"], None]
-"""``sink(step, name, kind, start_ns, end_ns, bytes, items)``: one span row."""
+SpanSink = Callable[[SpanRow], None]
+"""``sink(row)``: where a producer hands its span rows (the Profiler's ``_record_span``)."""
 
 
 def in_use() -> bool:
@@ -118,7 +119,7 @@ class CudaPending:
                     log.warning("tbdprof: a CUDA-timed span was dropped (%s: %s)", e.__class__.__name__, e)
                 self._failed = True
                 continue
-            self.sink(step, name, kind, start, max(start, end), nbytes, None)
+            self.sink(SpanRow(step, name, kind, start, max(start, end), nbytes))
         self.items.extendleft(reversed(keep))
 
 

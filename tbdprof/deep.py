@@ -17,7 +17,10 @@ that made their autograd node (its sequence number). The hooks are removed
 when the window closes.
 
 After a window, on the writer thread (never the training thread), the
-profiler's events become rows of table ``ops`` (tbdprof.schema), the raw
+profiler's events become rows of table ``ops`` (tbdprof.schema) and, when
+the window recorded CUDA, its kernels, copies and sets rows of table
+``kernels`` (each tied to the operator that launched it by Kineto's
+correlation id), the raw
 Kineto trace is written gzip'd beside the rank's segments
 (``deep-<first>-<last>.pt.trace.json.gz``, with ``distributedInfo`` rank and
 world size, bounded by ``TRACE_MAX_BYTES``), and ``deep.json`` (beside
@@ -42,20 +45,27 @@ A window open at the requested step (a scheduled one) defers the on-demand
 window to the step after the next, on every rank alike. ``TBDPROF_DEEP_REQUESTS=0``
 turns requests off.
 
-**On an anomaly** (opt in: ``TBDPROF_DEEP_ANOMALY=1.5x3``, budget
-``TBDPROF_DEEP_ANOMALY_PER_HOUR``, default 4): the step observer compares each
-step's duration (step end to step end) with the median of the last
+**On an anomaly** (on by default: ``Profiler(deep_anomaly="1.5x5")``, env
+``TBDPROF_DEEP_ANOMALY``, ``--deep-anomaly`` on ``tbdprof run`` / ``tbdprof
+profile``; ``off`` disables it): the step observer compares each step's
+duration (step end to step end) with the median of the last
 :data:`ANOMALY_BASELINE` steps outside windows (recomputed every 10 steps, so
-the hot path is one comparison); ``steps`` consecutive steps slower than
+the hot path is one comparison, and only once :data:`ANOMALY_MIN_BASELINE`
+steps past warm-up are in it); ``steps`` consecutive steps slower than
 ``factor`` x the median open a window (trigger ``anomaly``) at the next
-multiple of :data:`ANOMALY_GRID` steps, if fewer than the budget opened in the
-last hour; then it re-arms after a step under the threshold. A slowdown of a
-synchronous job is seen by every rank at about the same steps (the others wait
-for the slow one in the collective), so ranks whose detecting steps fall
-between the same two multiples open the same window; noise at the edge of the
-slowdown can move one rank's detection across a multiple, and without a
-collective nothing makes them agree: the windows are per rank (each rank's
-``deep.json``, with the median and the slow steps it saw).
+multiple of :data:`ANOMALY_GRID` steps (the start step rounded up, as
+dynolog rounds up its iteration), then it re-arms after a step under the
+threshold. **Budget:** at most ``TBDPROF_DEEP_ANOMALY_PER_HOUR`` (default 4)
+anomaly windows, and no new one once those of the last hour wrote
+:data:`ANOMALY_BYTES_PER_HOUR` (trace and ops rows); a slow episode past the
+budget is counted in ``deep.json`` (``anomaly.over_budget``), not recorded.
+A slowdown of a synchronous job is seen by every rank at about the same
+steps (the others wait for the slow one in the collective), so ranks whose
+detecting steps fall between the same two multiples open the same window;
+noise at the edge of the slowdown can move one rank's detection across a
+multiple, and without a collective nothing makes them agree: the windows are
+per rank (each rank's ``deep.json``, with the median and the slow steps it
+saw, and ``tbdprof ops`` compares ranks per window step).
 """
 
 from __future__ import annotations
@@ -65,7 +75,9 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import threading
 import time
 import weakref
@@ -85,37 +97,63 @@ TRIGGER_ON_DEMAND = schema.DEEP_TRIGGER_ON_DEMAND
 ENV_DEEP_REQUESTS = "TBDPROF_DEEP_REQUESTS"  # "0": ignore `tbdprof trace` requests
 REQUEST_MAX_STEPS = 100  # the longest on-demand window
 TRIGGER_ANOMALY = schema.DEEP_TRIGGER_ANOMALY
-ENV_DEEP_ANOMALY = "TBDPROF_DEEP_ANOMALY"  # "FACTORxSTEPS", e.g. 1.5x3: a window after 3 steps 1.5x the median
+ENV_DEEP_ANOMALY = "TBDPROF_DEEP_ANOMALY"  # "FACTORxSTEPS", e.g. 1.5x5: a window after 5 steps 1.5x the median; "off"
+DEFAULT_ANOMALY = "1.5x5"
 ENV_DEEP_ANOMALY_PER_HOUR = "TBDPROF_DEEP_ANOMALY_PER_HOUR"
 DEFAULT_ANOMALY_PER_HOUR = 4
+ANOMALY_BYTES_PER_HOUR = 64 * 2**20  # no new anomaly window once those of the last hour wrote this much
+ANOMALY_OP_ROW_BYTES = 16  # an ops row's share of its Parquet segment: 10 measured (tests/perf/deep_window_bytes.py), rounded up
 ANOMALY_BASELINE = 50  # steps the running median is taken over
-ANOMALY_MIN_BASELINE = 10  # steps past warm-up before any anomaly window
+ANOMALY_MIN_BASELINE = 20  # steps past warm-up in the median before any anomaly window
+_OFF = ("0", "off", "no", "false")
 _MEDIAN_EVERY = 10
 ANOMALY_GRID = 5  # an anomaly window starts at the next multiple of this after the detecting step
 
 
 def anomaly_config(text: str | None = None, per_hour: str | None = None) -> tuple[float, int, int] | None:
-    """(factor, steps, windows per hour) from ``TBDPROF_DEEP_ANOMALY`` (``1.5x3``), or None when off."""
-    text = os.environ.get(ENV_DEEP_ANOMALY, "") if text is None else text
+    """(factor, steps, windows per hour) from ``FACTORxSTEPS`` (``1.5x5``; ``off``: None).
+
+    ``text`` None or empty: ``TBDPROF_DEEP_ANOMALY``, else :data:`DEFAULT_ANOMALY`; ``per_hour`` None:
+    ``TBDPROF_DEEP_ANOMALY_PER_HOUR``, else :data:`DEFAULT_ANOMALY_PER_HOUR`. ValueError for a bad setting.
+    """
+    text = text if text else os.environ.get(ENV_DEEP_ANOMALY, "")
+    text = text.strip().lower() or DEFAULT_ANOMALY
     per_hour = os.environ.get(ENV_DEEP_ANOMALY_PER_HOUR, "") if per_hour is None else per_hour
-    if not text.strip() or text.strip().lower() in ("0", "off", "no"):
+    if text in _OFF:
         return None
     try:
-        factor_s, _, steps_s = text.lower().partition("x")
+        factor_s, _, steps_s = text.partition("x")
         factor, steps = float(factor_s), int(steps_s or 3)
+    except ValueError:
+        raise ValueError(f"wants FACTORxSTEPS (1.5x5) or off, got {text!r}") from None
+    try:
         budget = int(per_hour) if per_hour.strip() else DEFAULT_ANOMALY_PER_HOUR
     except ValueError:
-        raise ValueError(f"{ENV_DEEP_ANOMALY} wants FACTORxSTEPS (1.5x3), {ENV_DEEP_ANOMALY_PER_HOUR} a whole number") from None
+        raise ValueError(f"{ENV_DEEP_ANOMALY_PER_HOUR} wants a whole number, got {per_hour!r}") from None
     if factor <= 1 or steps < 1 or budget < 1:
-        raise ValueError(f"{ENV_DEEP_ANOMALY}: the factor must exceed 1, steps and the hourly budget be at least 1")
+        raise ValueError(f"{text!r}: the factor must exceed 1, the steps and the hourly budget be at least 1")
     return factor, steps, budget
+
+
+def anomaly_setting(value: str | bool | None) -> tuple[float, int, int] | None:
+    """``Profiler(deep_anomaly=...)``: a ``FACTORxSTEPS`` string, False (off), True or None (the environment,
+    else the default). A bad argument raises ValueError; a bad environment turns the watch off, said once."""
+    if value is False:
+        return None
+    if value is None or value is True:
+        try:
+            return anomaly_config(None if value is None else DEFAULT_ANOMALY)
+        except ValueError as e:  # a bad setting must not stop the training: no anomaly windows, said once
+            log.warning("tbdprof: %s (%s); no anomaly windows", e, ENV_DEEP_ANOMALY)
+            return None
+    return anomaly_config(str(value))
 
 
 class _Anomaly:
     """Step-time watch of one rank: consecutive steps slower than factor x the running median."""
 
     __slots__ = ("factor", "steps", "per_hour", "durations", "threshold_ns", "median_ns", "since_median", "run",
-                 "armed", "opened", "prev_end", "skip_until", "pending")
+                 "armed", "opened", "spent", "over_budget", "prev_end", "skip_until", "pending")
 
     def __init__(self, factor: float, steps: int, per_hour: int):
         self.factor, self.steps, self.per_hour = factor, steps, per_hour
@@ -125,9 +163,16 @@ class _Anomaly:
         self.run: list[int] = []  # durations of the slow steps in a row
         self.armed = True
         self.opened: list[float] = []  # monotonic times of the anomaly windows opened
+        self.spent: list[tuple[float, int]] = []  # (monotonic time, bytes) of anomaly windows written (writer thread)
+        self.over_budget = 0  # slow episodes seen while the budget was spent: no window
         self.prev_end: int | None = None
         self.skip_until = -1  # window steps and the one carrying its stop: not in the baseline
         self.pending: tuple[int, dict] | None = None  # (first step, what was seen) of the window to open
+
+    def wrote(self, nbytes: int) -> None:
+        """An anomaly window's bytes, once written (writer thread: the list is replaced, never changed in place)."""
+        now = time.monotonic()
+        self.spent = [(t, b) for t, b in self.spent if now - t < 3600] + [(now, nbytes)]
 
     def step(self, step: int, end_ns: int | None, warmup: int) -> bool:
         """Note a step's end; True when a window should open at the next step."""
@@ -138,12 +183,14 @@ class _Anomaly:
         if self.threshold_ns and dur > self.threshold_ns:
             self.run.append(dur)
             if self.armed and len(self.run) >= self.steps:
+                self.armed = False  # once per slow episode, window or not
                 now = time.monotonic()
                 self.opened = [t for t in self.opened if now - t < 3600]
-                if len(self.opened) < self.per_hour:
+                spent = sum(b for t, b in self.spent if now - t < 3600)
+                if len(self.opened) < self.per_hour and spent < ANOMALY_BYTES_PER_HOUR:
                     self.opened.append(now)
-                    self.armed = False
                     return True
+                self.over_budget += 1
             return False
         self.run.clear()
         self.armed = True
@@ -204,12 +251,13 @@ def scheduled_start(step: int, every: int, warmup_steps: int) -> bool:
 
 class _Window:
     __slots__ = ("first", "last", "trigger", "prof", "start_ns", "end_ns", "start_call_s", "stop_call_s", "step_ends",
-                 "request", "anomaly")
+                 "request", "anomaly", "cuda")
 
     def __init__(self, first: int, steps: int, trigger: str, request: _Request | None = None):
         self.first, self.last, self.trigger = first, first + steps - 1, trigger
         self.request = request
         self.anomaly: dict | None = None  # what the anomaly watch saw (trigger anomaly)
+        self.cuda = False  # CUDA activities recorded too: table kernels
         self.prof = None
         self.start_ns = self.end_ns = 0
         self.start_call_s = self.stop_call_s = 0.0
@@ -267,6 +315,40 @@ class _ModuleRanges:
                 return
 
 
+def _kernel_kind(activity: str, name: str) -> str | None:
+    """``kernel``, ``memcpy`` or ``memset`` for a Kineto device activity; None for the rest (GPU annotations...)."""
+    a = (activity or "").lower()
+    if "memcpy" in a or name.startswith("Memcpy"):
+        return "memcpy"
+    if "memset" in a or name.startswith("Memset"):
+        return "memset"
+    return "kernel" if a in ("kernel", "concurrent_kernel", "") else None
+
+
+_BYTES = re.compile(r'"bytes"\s*:\s*(\d+)')
+
+
+def _meta_bytes(meta: str) -> int | None:
+    """The ``"bytes": N`` of a Kineto activity's metadata (memcpy, memset), or None."""
+    m = _BYTES.search(meta or "")
+    return int(m.group(1)) if m else None
+
+
+def _trace_bytes(path) -> dict[int, int]:
+    """correlation id -> bytes of the memcpy and memset events of a gzip'd Kineto trace."""
+    try:
+        with gzip.open(path, "rt") as f:
+            events = json.load(f).get("traceEvents", [])
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for ev in events:
+        args = ev.get("args") or {}
+        if ev.get("cat") in ("gpu_memcpy", "gpu_memset") and isinstance(args.get("bytes"), int):
+            out[args.get("correlation")] = args["bytes"]
+    return out
+
+
 def name_modules(names, model) -> None:
     """Name ``model``'s submodules by path (``layer3.0.conv2``); the root by its class. Known names stay."""
     root = type(model).__name__
@@ -278,9 +360,11 @@ def name_modules(names, model) -> None:
 class DeepWindows:
     """The deep-window recorder of one Profiler: schedule, torch.profiler, ops rows, trace files."""
 
-    def __init__(self, prof, ops: deque, every: int, steps: int):
+    def __init__(self, prof, ops: deque, every: int, steps: int, anomaly: tuple[float, int, int] | None = None,
+                 kernels: deque | None = None):
         self.prof = prof
         self.ops = ops
+        self.kernels = kernels if kernels is not None else deque()
         self.every, self.steps = every, steps
         self.names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.ranges = _ModuleRanges(self.names)
@@ -294,12 +378,7 @@ class DeepWindows:
         self._request_key = None  # (mtime, size, inode) of the request file last read
         self._request_ids: set[str] = set()
         self._dirty = False  # a request's state changed on the training thread: deep.json to rewrite
-        try:
-            cfg = anomaly_config()
-        except ValueError as e:  # a bad setting must not stop the training: no anomaly windows, said once
-            log.warning("tbdprof: %s", e)
-            cfg = None
-        self.anomaly = _Anomaly(*cfg) if cfg else None
+        self.anomaly = _Anomaly(*anomaly) if anomaly else None  # (factor, steps, per hour): anomaly_setting()
 
     # --- training thread ---------------------------------------------------------
 
@@ -395,12 +474,15 @@ class DeepWindows:
         # Kineto prints two lines on stderr per start/stop at its default level; the user's setting wins
         os.environ.setdefault("KINETO_LOG_LEVEL", "6")
         try:
+            if "torch" not in sys.modules:  # a process without torch: importing it here would stall the step
+                raise RuntimeError("torch is not imported in this process")
             import torch
             from torch.profiler import ProfilerActivity, profile
 
             activities = [ProfilerActivity.CPU]
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 activities.append(ProfilerActivity.CUDA)
+                w.cuda = True
             p = profile(activities=activities, record_shapes=True, with_flops=True)
             w.start_ns = clock.now_ns()
             p.start()
@@ -494,9 +576,15 @@ class DeepWindows:
                 trace = name + ".gz"
         finally:
             tmp.unlink(missing_ok=True)
-        rows = self._rows(w)
+        by_id: dict[int, tuple[str, str | None, int]] = {}
+        rows = self._rows(w, by_id)
         for r in rows:
             self.ops.append(r)
+        kernels = self._kernel_rows(w, by_id, rank_dir / trace if trace else None) if w.cuda else []
+        for r in kernels:
+            self.kernels.append(r)
+        if w.trigger == TRIGGER_ANOMALY and self.anomaly is not None:
+            self.anomaly.wrote(trace_bytes + (len(rows) + len(kernels)) * ANOMALY_OP_ROW_BYTES)
         return {
             "first": w.first, "last": w.last, "trigger": w.trigger,
             **({"request": w.request.id} if w.request is not None else {}),
@@ -505,12 +593,12 @@ class DeepWindows:
             "start_ns": w.start_ns, "end_ns": w.end_ns,
             "start_call_s": round(w.start_call_s, 6), "stop_call_s": round(w.stop_call_s, 6),
             "process_cpu_s": round(time.thread_time() - t_cpu, 6),
-            "ops": len(rows), "trace": trace, "trace_bytes": trace_bytes, "trace_raw_bytes": raw_bytes,
+            "ops": len(rows), "kernels": len(kernels) if w.cuda else None, "trace": trace, "trace_bytes": trace_bytes, "trace_raw_bytes": raw_bytes,
             **({"note": note} if note else {}),
         }
 
-    def _rows(self, w: _Window) -> list[tuple]:
-        """One ``ops`` row per CPU event of the window, in schema column order."""
+    def _rows(self, w: _Window, by_id: dict | None = None) -> list[schema.OpRow]:
+        """One ``ops`` row per CPU event of the window; ``by_id`` gets each event's (name, layer, step) by its id."""
         from torch.autograd import DeviceType
 
         events = [e for e in w.prof.events() if e.device_type == DeviceType.CPU]
@@ -555,9 +643,44 @@ class DeepWindows:
             m = module(e)
             if m is not None and e.sequence_nr >= 0 and not e.name.startswith("autograd::"):
                 by_seq.setdefault((e.thread, e.sequence_nr), m)
+            if by_id is not None:
+                by_id[e.id] = (e.name, m, step)
             shapes = e.input_shapes
-            rows.append((step, e.name, m, int(e.thread), start, end, int(round(e.self_cpu_time_total * 1000)),
-                         str(shapes) if shapes and any(shapes) else None, int(e.flops) if e.flops else None))
+            rows.append(schema.OpRow(step, e.name, m, int(e.thread), start, end, int(round(e.self_cpu_time_total * 1000)),
+                                     str(shapes) if shapes and any(shapes) else None, int(e.flops) if e.flops else None))
+        return rows
+
+    def _kernel_rows(self, w: _Window, by_id: dict, trace_path) -> list[schema.KernelRow]:
+        """One ``kernels`` row per CUDA kernel, memcpy and memset of the window: Kineto's device events, each
+        tied to the CPU operator that launched it by its linked correlation id (torch.profiler's own rule), in
+        that operator's step (else the step its start falls in: the GPU runs behind the host)."""
+        from torch.autograd import DeviceType
+
+        steps = [s for s, _ in w.step_ends]
+        ends = [t for _, t in w.step_ends]
+        rows, unsized = [], []  # unsized: (row index, correlation id) of copies without bytes in their metadata
+        for e in w.prof.profiler.kineto_results.events():
+            if e.device_type() != DeviceType.CUDA:
+                continue
+            name = e.name()
+            kind = _kernel_kind(e.activity_type(), name)
+            if kind is None:
+                continue
+            start, end = e.start_ns(), e.end_ns()
+            op, module, step = by_id.get(e.linked_correlation_id(), (None, None, None))
+            if step is None:
+                i = bisect.bisect_left(ends, start)
+                step = steps[i] if i < len(steps) else steps[-1]
+            nbytes = _meta_bytes(e.metadata_json()) if kind != "kernel" else None
+            if kind != "kernel" and nbytes is None:
+                unsized.append((len(rows), e.correlation_id()))
+            rows.append(schema.KernelRow(step, name, kind, int(e.device_index()),
+                                         int(e.device_resource_id()), start, end, op, module, nbytes))
+        if unsized and trace_path is not None:  # bytes from the trace file's copies, by correlation id
+            sized = _trace_bytes(trace_path)
+            for i, corr in unsized:
+                rows[i] = rows[i]._replace(bytes=sized.get(corr))
+        rows.sort(key=lambda r: r.start_ns)
         return rows
 
     def _write_json(self) -> None:
@@ -566,8 +689,10 @@ class DeepWindows:
         an = self.anomaly
         if an is not None:
             data["anomaly"] = {"factor": an.factor, "steps": an.steps, "per_hour": an.per_hour,
-                               "baseline_steps": ANOMALY_BASELINE,
-                               "windows": sum(1 for w in self.windows if w.get("trigger") == TRIGGER_ANOMALY)}
+                               "bytes_per_hour": ANOMALY_BYTES_PER_HOUR, "baseline_steps": ANOMALY_BASELINE,
+                               "min_baseline_steps": ANOMALY_MIN_BASELINE, "grid": ANOMALY_GRID,
+                               "windows": sum(1 for w in self.windows if w.get("trigger") == TRIGGER_ANOMALY),
+                               "over_budget": an.over_budget}
         if self.failed:
             data["failed"] = self.failed
         try:

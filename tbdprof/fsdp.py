@@ -82,6 +82,7 @@ from typing import Callable
 
 from . import clock, schema
 from .cuda import CudaPending, SpanSink
+from .schema import SpanRow
 
 log = logging.getLogger("tbdprof")
 
@@ -173,8 +174,8 @@ class _GroupState:
 class FsdpComm:
     """Records the all-gathers and reduce-scatters of an FSDP2 model (and HSDP's all-reduces) as ``comm`` spans.
 
-    ``sink(step, name, kind, start_ns, end_ns, bytes, items)`` receives host-timed
-    spans; CUDA spans go through ``pending`` (resolved by its owner). Plays the
+    ``sink(row)`` receives host-timed spans as :class:`tbdprof.schema.SpanRow`;
+    CUDA spans go through ``pending`` (resolved by its owner). Plays the
     Profiler's "pending spans" role: ``resolve(force=True)`` at the end of the
     recording waits briefly for asynchronous gathers still in flight and gives
     the model its own comm objects and hooks back. ``groups`` is the number of
@@ -295,7 +296,7 @@ class FsdpComm:
                 self._pending.add(step, name, schema.KIND_COMM, nbytes, start, end[1])
             else:
                 end = clock.now_ns()
-                self._sink(step, name, schema.KIND_COMM, start, end, nbytes, None)
+                self._sink(SpanRow(step, name, schema.KIND_COMM, start, end, nbytes))
             if gs.hsdp and name == schema.COMM_REDUCE_SCATTER:
                 gs.mark = (step, end)
         except Exception as e:  # noqa: BLE001
@@ -311,7 +312,7 @@ class FsdpComm:
                 if dev == "cuda":  # the current stream here waits on the collective
                     self._pending.add(step, name, schema.KIND_COMM, nbytes, start, self._pending.record())
                 else:
-                    self._sink(step, name, schema.KIND_COMM, start, clock.now_ns(), nbytes, None)
+                    self._sink(SpanRow(step, name, schema.KIND_COMM, start, clock.now_ns(), nbytes))
             except Exception as e:  # noqa: BLE001
                 self._fail(e)
             finally:
@@ -342,7 +343,7 @@ class FsdpComm:
                     step, start = mark
                     nbytes = reduce_output.numel() * reduce_output.element_size()
                     if isinstance(start, int):
-                        self._sink(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, clock.now_ns(), nbytes, None)
+                        self._sink(SpanRow(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, clock.now_ns(), nbytes))
                     else:  # the current stream (FSDP's all-reduce stream) waits on the all-reduce
                         self._pending.add(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, nbytes, start, self._pending.record())
             except Exception as e:  # noqa: BLE001

@@ -16,7 +16,8 @@ import threading
 import time
 
 from . import clock, schema
-from .comm import SpanSink
+from .cuda import SpanSink
+from .schema import SpanRow
 
 POLL_INTERVAL_S = 0.0005
 
@@ -73,7 +74,7 @@ class HorovodComm:
 
     def _close(self, handle: int, end: int) -> None:
         step, start, nbytes = self._open.pop(handle)
-        self._sink(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, end, nbytes, None)
+        self._sink(SpanRow(step, schema.COMM_ALLREDUCE, schema.KIND_COMM, start, end, nbytes))
 
     def in_flight_text(self) -> str | None:
         """Allreduces submitted and not reported done: ``allreduce of 12 tensors (4.1 MiB)``, or None."""

@@ -78,7 +78,7 @@ def _nbytes(args: dict) -> int | None:
 
 
 def timeline_spans(records: list[dict]) -> tuple[list[tuple], int, int]:
-    """Span rows ``(name, start_ns, end_ns, bytes)``, the tensor count and the spans left open."""
+    """The spans as ``(name, start_ns, end_ns, bytes)``, the tensor count and the spans left open."""
     origin_us = 0
     tensors: dict[int, str] = {}
     stacks: dict[int, list[tuple[str, int]]] = {}
@@ -134,7 +134,7 @@ def ingest(timeline: str | Path, run_dir: str | Path, host: str, rank: int = 0) 
     path = None
     if spans:
         step_of = _step_index(rdir)
-        rows = [(step_of(s), name, schema.KIND_HOROVOD, s, e, b, None) for name, s, e, b in spans]
+        rows = [schema.SpanRow(step_of(s), name, schema.KIND_HOROVOD, s, e, b) for name, s, e, b in spans]
         meta = schema.table_schema(schema.SPANS, Path(run_dir).name, rank, host)
         rdir.mkdir(parents=True, exist_ok=True)
         path = rdir / SEGMENT

@@ -16,6 +16,7 @@ import time
 import torch
 
 from . import clock
+from .schema import MemoryRow
 
 _ns = time.perf_counter_ns
 
@@ -169,7 +170,7 @@ class MemoryTracker:
 
     # --- at the end of a step -----------------------------------------------
 
-    def take_row(self, step: int) -> tuple | None:
+    def take_row(self, step: int) -> MemoryRow | None:
         """The memory table row for ``step`` if it was measured, else None."""
         if self.measured_step != step:
             return None
@@ -179,26 +180,17 @@ class MemoryTracker:
         self.timed_ns += _ns() - t0
         return row
 
-    def row(self, step: int) -> tuple:
-        """The memory table row for ``step`` (schema column order)."""
+    def row(self, step: int) -> MemoryRow:
+        """The memory table row for ``step``."""
         grads = self._grads if self._grads is not None else self._grad_bytes()
         opt = self._opt_state if self._opt_state is not None else self._opt_state_bytes()
         self._grads = None
         end_total = self._total()
         total = self._fwd_total or end_total
         known = self.weights + grads + opt + self.activations
-        return (
-            step,
-            clock.now_ns(),
-            str(self.device),
-            self.weights,
-            grads,
-            opt,
-            self.activations,
-            max(0, total - known),
-            total,
-            self._peak(end_total),
-        )
+        return MemoryRow(step, clock.now_ns(), str(self.device), weights=self.weights, gradients=grads,
+                         optimizer_state=opt, activations=self.activations, other=max(0, total - known),
+                         total=total, peak=self._peak(end_total))
 
     def remove(self) -> None:
         for h in self._handles:

@@ -103,7 +103,8 @@ class PhaseTracker:
         return self._name
 
     def _open(self, name: str, now: int) -> None:
-        self.close(now)
+        if self._name is not None:
+            self.close(now)
         self._name, self._start, self._fwd_end = name, now, None
         if self.device:
             self._cuda = self.prof._device_timed(name, schema.KIND_PHASE, None, device=True)

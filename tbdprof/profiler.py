@@ -10,8 +10,9 @@ with prof:
         with prof.phase("optimizer"): optimizer.step()
 ```
 
-The training thread only appends tuples to deques; a sampling thread reads
-the system counters and a writer thread turns the buffers into Parquet.
+The training thread only appends rows (the row types of tbdprof.schema) to
+deques; a sampling thread reads the system counters and a writer thread turns
+the buffers into Parquet.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .cost import CostAccount
 from .errors import UserError
 from .sampling import Sampling
 from .samplers import Sampler, default_samplers
+from .schema import SpanRow, new_row
 from .writer import Buffers, SegmentWriter
 
 log = logging.getLogger("tbdprof")
@@ -103,7 +105,9 @@ class _Phase:
     def __exit__(self, *exc):
         prof = self.prof
         prof._open_span = self.outer
-        prof._spans.append((prof.step_index, self.name, self.kind, self.start, clock.now_ns(), self.nbytes, None))
+        # Profiler._record_span, inlined: this is the per-span path
+        prof._spans.append(new_row(SpanRow, (prof.step_index, self.name, self.kind, self.start, clock.now_ns(),
+                                             self.nbytes, None, None)))
         prof._kinds_seen.add(self.kind)
         return False
 
@@ -138,6 +142,12 @@ class Profiler:
         ``TBDPROF_DEEP_STEPS``; 0 or unset, no windows on a schedule. Either
         way ``tbdprof trace RUN_DIR`` asks a live run for one on demand
         (``TBDPROF_DEEP_REQUESTS=0``: not).
+    deep_anomaly:
+        A deep window when the step time regresses: ``"FACTORxSTEPS"``
+        (``STEPS`` steps in a row slower than ``FACTOR`` x the running
+        median), ``False`` or ``"off"`` for none. Default: env
+        ``TBDPROF_DEEP_ANOMALY``, else ``"1.5x5"``, within a budget of 4
+        windows and 64 MiB per hour (:mod:`tbdprof.deep`).
     """
 
     def __init__(
@@ -156,6 +166,7 @@ class Profiler:
         hang_factor: float | None = None,
         deep_every: int | None = None,
         deep_steps: int | None = None,
+        deep_anomaly: str | bool | None = None,
     ):
         if sample_hz <= 0:
             raise ValueError("sample_hz must be positive")
@@ -179,9 +190,10 @@ class Profiler:
         if self.hang_s <= 0 or self.hang_factor <= 0:
             raise ValueError("hang_s and hang_factor must be positive")
         self._progress: progress.ProgressWatch | None = None
-        from .deep import config as _deep_config
+        from .deep import anomaly_setting, config as _deep_config
 
         self.deep_every, self.deep_steps = _deep_config(deep_every, deep_steps)
+        self.deep_anomaly = anomaly_setting(deep_anomaly)  # (factor, steps, windows per hour) or None
         self._deep = None  # tbdprof.deep.DeepWindows, unless deep windows are off altogether
         self._open_span: _Phase | None = None  # the innermost prof.phase()/prof.comm() block open
         self._probes: list[Callable[[], dict]] = []  # open phase / collectives in flight, for the progress watch
@@ -194,8 +206,8 @@ class Profiler:
         self.rank_dir: Path | None = None
         self._samplers = samplers
         self._buffers = Buffers()
-        self._spans = self._buffers.tables[schema.SPANS]
-        self._memory = self._buffers.tables[schema.MEMORY]
+        self._spans = self._buffers.queues[SpanRow]  # appended to by _record_span and _Phase only
+        self._memory = self._buffers.queues[schema.MemoryRow]
         self._step_start: int | None = None
         self._step_items: int | None = None
         self._step_units: int | None = None
@@ -287,18 +299,19 @@ class Profiler:
         self._write_rank_json()
         schemas = {t: schema.table_schema(t, self.run_id, self.info.rank, self.info.host) for t in schema.TABLES}
         samplers = self._samplers if self._samplers is not None else default_samplers(self.info.local_rank)
-        self._sampler = Sampling(samplers, self._buffers.tables[schema.SAMPLES], self.sample_hz)
+        self._sampler = Sampling(samplers, self._buffers.queues[schema.SampleRow], self.sample_hz)
         self._writer = SegmentWriter(self.rank_dir, self._buffers, schemas, self.flush_s, [self._resolve_pending, self._sampler.check])
         self._writer.start()
         self._progress = progress.ProgressWatch(
             self, self.hang_s, self.hang_factor, progress.env_float(progress.ENV_STATUS_S, progress.DEFAULT_STATUS_S),
-            self.rank_dir, self._buffers.tables[schema.HANGS], self._writer.flush)
+            self.rank_dir, self._buffers.queues[schema.HangRow], self._writer.flush)
         self.on_step_end(self._progress.step_ended)
-        from .deep import ENV_DEEP_ANOMALY, DeepWindows, requests_enabled
+        from .deep import DeepWindows, requests_enabled
 
-        # on a schedule, on demand (`tbdprof trace`), on slow steps (TBDPROF_DEEP_ANOMALY)
-        if self.deep_every or requests_enabled() or os.environ.get(ENV_DEEP_ANOMALY):
-            self._deep = DeepWindows(self, self._buffers.tables[schema.OPS], self.deep_every, self.deep_steps)
+        # on a schedule, on demand (`tbdprof trace`), on slow steps (deep_anomaly)
+        if self.deep_every or requests_enabled() or self.deep_anomaly:
+            self._deep = DeepWindows(self, self._buffers.queues[schema.OpRow], self.deep_every, self.deep_steps,
+                                     self.deep_anomaly, self._buffers.queues[schema.KernelRow])
             self.on_step_end(self._deep.step_ended)
             self._pending.append(self._deep)  # the writer thread turns closed windows into ops rows
             self._progress.tick_hooks.append(self._deep.poll_request)  # the request file, off the training thread
@@ -504,16 +517,19 @@ class Profiler:
 
     def mark(self, name: str, start_ns: int, end_ns: int, nbytes: int | None = None) -> None:
         """Record a span timed elsewhere (timestamps from :func:`tbdprof.clock.now_ns`)."""
-        self._record_span(self.step_index, name, schema.KIND_MARK, start_ns, end_ns, nbytes, None)
+        self._record_span(SpanRow(self.step_index, name, schema.KIND_MARK, start_ns, end_ns, nbytes))
 
-    def _record_span(self, step, name, kind, start, end, nbytes, items) -> None:
-        self._spans.append((step, name, kind, start, end, nbytes, items))
-        self._kinds_seen.add(kind)
+    def _record_span(self, row: SpanRow) -> None:
+        """Buffer a span, from any thread: steps, the loader's data wait, marks, and the sink of comm
+        hooks and CUDA spans (``_Phase`` inlines it)."""
+        self._spans.append(row)
+        self._kinds_seen.add(row.kind)
 
     def add_span(self, name: str, kind: str, start_ns: int, end_ns: int, nbytes: int | None = None,
                  step: int | None = None) -> None:
         """Record a span timed elsewhere, in ``step`` (default: the current step)."""
-        self._record_span(self.step_index if step is None else step, name, kind, start_ns, end_ns, nbytes, None)
+        self._record_span(new_row(SpanRow, (self.step_index if step is None else step, name, kind, start_ns, end_ns,
+                                            nbytes, None, None)))
 
     # --- steps: the public step API ---------------------------------------------------
 
@@ -578,8 +594,8 @@ class Profiler:
 
     def _end_step(self, now: int | None = None) -> None:
         end = clock.now_ns() if now is None else now
-        self._spans.append((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None,
-                            self._step_items, self._step_units))
+        self._record_span(new_row(SpanRow, (self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end,
+                                            None, self._step_items, self._step_units)))
         self._step_start = None
         self._step_units = None
         self._last_step_end = end
@@ -610,7 +626,8 @@ class Profiler:
                 return
             end = clock.now_ns()
             self.begin_step(_batch_items(batch), start_ns=start)
-            self._record_span(self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None)
+            self._record_span(new_row(SpanRow, (self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end,
+                                                None, None, None)))
             yield batch
 
     # --- model hooks ----------------------------------------------------------

@@ -103,6 +103,20 @@ def _loc(filename: str, lineno: int, name: str) -> str:
     return f"{os.path.basename(filename)}:{lineno} in {name}"
 
 
+# Frames that wait for the other ranks under another name: (the file's path ends with, function) -> the call.
+_WAIT_FRAMES = {
+    ("torch/nn/parallel/distributed.py", "_distributed_broadcast_coalesced"): "broadcast (DDP's buffers)",  # in forward
+    ("tbdprof/horovod.py", "_synchronize"): "synchronize",  # the recorder's wrapper of Horovod's optimizer
+}
+
+
+def _collective(name: str, norm: str) -> str | None:
+    """The collective a frame (function ``name`` in the file of path ``norm``) waits in, or None."""
+    if name in COLLECTIVES and ("torch/distributed/" in norm or "horovod/" in norm):
+        return name
+    return next((call for (tail, fn), call in _WAIT_FRAMES.items() if fn == name and norm.endswith(tail)), None)
+
+
 def where(entries: list[tuple[str, int, str, Any]]) -> dict[str, Any]:
     """Where a thread is, from its frames ``(filename, lineno, function, frame or None)``, innermost last.
 
@@ -113,10 +127,17 @@ def where(entries: list[tuple[str, int, str, Any]]) -> dict[str, Any]:
     user = next((e for e in reversed(entries) if is_user_file(e[0])), None)
     out: dict[str, Any] = {"place": "other", "waiting_in": None, "location": _loc(*user[:3]) if user else None,
                            "loader": None}
-    for filename, lineno, name, frame in reversed(entries):
+    inner_first = list(reversed(entries))
+    for i, (filename, lineno, name, frame) in enumerate(inner_first):
         norm = filename.replace(os.sep, "/")
-        if name in COLLECTIVES and ("torch/distributed/" in norm or "horovod/" in norm):
-            out.update(place="collective", waiting_in=name)
+        call = _collective(name, norm)
+        if call:
+            for outer, _, outer_name, _ in inner_first[i + 1:]:  # Horovod's barrier waits in its synchronize: say barrier
+                outer_call = _collective(outer_name, outer.replace(os.sep, "/"))
+                if not outer_call:
+                    break
+                call = outer_call
+            out.update(place="collective", waiting_in=call)
             return out
         if name in _LOADER_WAITS and norm.endswith("torch/utils/data/dataloader.py"):
             out.update(place="data_loading", waiting_in="DataLoader")
@@ -267,6 +288,7 @@ class ProgressWatch(threading.Thread):
         self._last_ns = clock.now_ns()
         self._last_step = -1
         self._hang: dict | None = None  # the hang in progress (no resume yet)
+        self._resumed_ns: int | None = None  # the first step end after it
         self.hangs = 0
         self._halt = threading.Event()
         self._state = "running"
@@ -278,6 +300,8 @@ class ProgressWatch(threading.Thread):
         now = time.monotonic()
         self._durations.append(now - self._last_mono)
         self._last_mono, self._last_ns, self._last_step = now, clock.now_ns(), step
+        if self._hang is not None and self._resumed_ns is None:
+            self._resumed_ns = self._last_ns  # the step that was stuck ended: the resume row's time
 
     def median_step_s(self) -> float:
         return statistics.median(self._durations) if self._durations else 0.0
@@ -296,11 +320,8 @@ class ProgressWatch(threading.Thread):
     def tick(self) -> None:
         since = time.monotonic() - self._last_mono
         threshold = self.threshold_s()
-        hang = self._hang
-        if hang is not None and self._last_ns > hang["since_ns"]:
-            self._row(schema.HANG_RESUME, hang["step"], hang["since_ns"], threshold, {}, None)
-            self._hang = hang = None
-        if hang is None and since > threshold:
+        self._resume_if_moved(threshold)
+        if self._hang is None and since > threshold:
             self._hang = self._record_hang(threshold)
         self._write_status(since, threshold)
         for hook in self.tick_hooks:
@@ -309,10 +330,19 @@ class ProgressWatch(threading.Thread):
             except Exception as e:  # noqa: BLE001 - a hook must never stop the watch
                 log.debug("tbdprof: progress tick hook failed: %s", e)
 
-    def _row(self, event: str, step: int, since_ns: int, threshold: float, at: dict, stacks: str | None) -> None:
+    def _resume_if_moved(self, threshold: float) -> None:
+        """A step ended since the hang was recorded: it resumed."""
+        hang = self._hang
+        if hang is not None and self._last_ns > hang["since_ns"]:
+            self._row(schema.HANG_RESUME, hang["step"], hang["since_ns"], threshold, {}, None, ts_ns=self._resumed_ns or self._last_ns)
+            self._hang = self._resumed_ns = None
+
+    def _row(self, event: str, step: int, since_ns: int, threshold: float, at: dict, stacks: str | None,
+             ts_ns: int | None = None) -> None:
         state = self.prof.progress_state()
-        self.out.append((step, event, clock.now_ns(), since_ns, threshold, at.get("place"), at.get("waiting_in"),
-                         at.get("location"), state.get("phase"), state.get("collective"), stacks))
+        self.out.append(schema.HangRow(step, event, ts_ns or clock.now_ns(), since_ns, threshold, place=at.get("place"),
+                                       waiting_in=at.get("waiting_in"), location=at.get("location"),
+                                       phase=state.get("phase"), collective=state.get("collective"), stacks=stacks))
 
     def _record_hang(self, threshold: float) -> dict:
         step, since_ns = self._last_step + 1, self._last_ns
@@ -389,6 +419,8 @@ class ProgressWatch(threading.Thread):
         self._halt.set()
         if self.is_alive():
             self.join(timeout=5.0)
+        if status == "complete":  # steps ended after the last tick (closing on a signal ends the open step: no progress)
+            self._resume_if_moved(self.threshold_s())
         self._state = status
         self._write_status(time.monotonic() - self._last_mono, self.threshold_s())
         if _worker_dir == self._dir:

@@ -8,6 +8,7 @@ import time
 from collections import deque
 
 from . import clock, schema
+from .schema import SampleRow, new_row
 from .samplers import Sampler
 
 _COUNTERS = frozenset(m.name for m in schema.METRICS.values() if m.counter)
@@ -16,7 +17,7 @@ log = logging.getLogger("tbdprof")
 
 
 class SamplingThread(threading.Thread):
-    """Every ``1/hz`` seconds, ask each sampler for readings and append them to ``out``.
+    """Every ``1/hz`` seconds, ask each sampler for readings and append them to ``out`` as :class:`SampleRow`.
 
     A sampler that fails to start or raises is logged once and dropped; the
     loop carries on with the rest. ``Event.wait`` is both the sleep and the
@@ -75,7 +76,7 @@ class SamplingThread(threading.Thread):
                 if not final and seen is not None and seen[0] == value and tick - seen[1] < self.heartbeat_ticks:
                     return
                 last[key] = (value, tick)
-            append((ts, metric, device, value))
+            append(new_row(SampleRow, (ts, metric, device, value)))
 
         for s in list(self.active):
             if self.retired.is_set():
@@ -100,7 +101,7 @@ class SamplingThread(threading.Thread):
         while not self._halt.wait(self.interval):
             self.tick()
             self.cpu_s = time.thread_time() - t0
-            self.out.append((clock.now_ns(), "recorder.sampler_cpu_s", "", self.cpu_base + self.cpu_s))
+            self.out.append(SampleRow(clock.now_ns(), "recorder.sampler_cpu_s", "", self.cpu_base + self.cpu_s))
         if not self.retired.is_set():
             self.tick(final=True)
 

@@ -6,11 +6,20 @@ Every table is written as Parquet segments under
 are integer nanoseconds since the Unix epoch on the recording host's clock;
 the per-rank offset to rank 0 lives in ``rank.json`` and analysis applies it.
 
+Each table has one row type (:class:`SpanRow`, :class:`SampleRow`,
+:class:`MemoryRow`, :class:`HangRow`, :class:`OpRow`); the Arrow schemas in
+:data:`TABLES` are derived from them, so the recorder's rows and the files
+cannot disagree on a column's place.
+
 docs/schema.md documents the same tables for people; ``tests/unit/test_schema``
 keeps the two in step.
 """
 
 from __future__ import annotations
+
+import types
+import typing
+from typing import Annotated, NamedTuple
 
 import pyarrow as pa
 
@@ -23,80 +32,127 @@ SAMPLES = "samples"
 MEMORY = "memory"
 HANGS = "hangs"
 OPS = "ops"
+KERNELS = "kernels"
 
-_DICT_STR = pa.dictionary(pa.int32(), pa.string())
+Label = Annotated[str, pa.dictionary(pa.int32(), pa.string())]
+"""A string column stored dictionary-encoded: names and kinds, few distinct values."""
 
-TABLES: dict[str, pa.Schema] = {
-    # One row per timed interval on a rank: a whole step, a phase inside it,
-    # a communication bucket, a user mark.
-    SPANS: pa.schema(
-        [
-            pa.field("step", pa.int64(), nullable=False),  # -1 outside any step
-            pa.field("name", _DICT_STR, nullable=False),  # phase or op name
-            pa.field("kind", _DICT_STR, nullable=False),  # one of SPAN_KINDS
-            pa.field("start_ns", pa.int64(), nullable=False),
-            pa.field("end_ns", pa.int64(), nullable=False),
-            pa.field("bytes", pa.int64()),  # payload (comm buckets), else null
-            pa.field("items", pa.int64()),  # samples in the step (kind=step), else null
-            pa.field("units", pa.int64()),  # tokens/frames in the step, where that is the workload's unit
-        ]
-    ),
-    # Long format: one row per (timestamp, metric, device) reading.
-    SAMPLES: pa.schema(
-        [
-            pa.field("ts_ns", pa.int64(), nullable=False),
-            pa.field("metric", _DICT_STR, nullable=False),  # a key of METRICS
-            pa.field("device", _DICT_STR, nullable=False),  # core, NIC, disk, GPU index or ""
-            pa.field("value", pa.float64(), nullable=False),  # in METRICS[metric].unit
-        ]
-    ),
-    # One row per recorded step: the TBD memory breakdown, in bytes.
-    MEMORY: pa.schema(
-        [
-            pa.field("step", pa.int64(), nullable=False),
-            pa.field("ts_ns", pa.int64(), nullable=False),
-            pa.field("device", _DICT_STR, nullable=False),  # "cpu" or "cuda:N"
-            pa.field("weights", pa.int64(), nullable=False),
-            pa.field("gradients", pa.int64(), nullable=False),
-            pa.field("optimizer_state", pa.int64(), nullable=False),
-            pa.field("activations", pa.int64(), nullable=False),  # saved for backward
-            pa.field("other", pa.int64(), nullable=False),  # total - the four above
-            pa.field("total", pa.int64(), nullable=False),  # RSS (cpu) or allocated (cuda)
-            pa.field("peak", pa.int64(), nullable=False),  # highest total seen in the step
-        ]
-    ),
-    # One row per progress event of a rank (tbdprof/progress.py): training stopped
-    # moving (a hang, with every thread's Python stack), moved again, or failed.
-    HANGS: pa.schema(
-        [
-            pa.field("step", pa.int64(), nullable=False),  # the step that did not end (last ended + 1)
-            pa.field("event", _DICT_STR, nullable=False),  # one of HANG_EVENTS
-            pa.field("ts_ns", pa.int64(), nullable=False),  # when the event was seen
-            pa.field("since_ns", pa.int64(), nullable=False),  # last progress (a step's end, or the start)
-            pa.field("threshold_s", pa.float64()),  # no progress for this long is a hang
-            pa.field("place", _DICT_STR),  # one of HANG_PLACES: where the training thread is
-            pa.field("waiting_in", pa.string()),  # the call it waits in: "all_reduce", "barrier", "__getitem__"...
-            pa.field("location", pa.string()),  # the script's frame: "train.py:41 in train" (a loader worker's when it is the stuck part)
-            pa.field("phase", pa.string()),  # the phase open at the time
-            pa.field("collective", pa.string()),  # collectives in flight: "allreduce bucket 3 (1.2 MiB)"
-            pa.field("stacks", pa.string()),  # Python stacks of every thread (and the stuck loader worker), or the traceback
-        ]
-    ),
-    # One row per operator (or layer range) torch.profiler saw during a deep window (tbdprof/deep.py).
-    OPS: pa.schema(
-        [
-            pa.field("step", pa.int64(), nullable=False),  # the window step it started in
-            pa.field("name", _DICT_STR, nullable=False),  # aten::convolution, or OP_MODULE_PREFIX + path for a layer
-            pa.field("module", _DICT_STR),  # the layer it ran under (module path, e.g. layer3.0.conv2), else null
-            pa.field("thread", pa.int64(), nullable=False),  # the profiler's thread id
-            pa.field("start_ns", pa.int64(), nullable=False),
-            pa.field("end_ns", pa.int64(), nullable=False),  # total time is end_ns - start_ns
-            pa.field("self_ns", pa.int64(), nullable=False),  # time not spent in child operators
-            pa.field("shapes", _DICT_STR),  # input shapes, e.g. [[4, 3, 32, 32], [8, 3, 3, 3]]
-            pa.field("flops", pa.int64()),  # where torch counts them (matmul, convolution)
-        ]
-    ),
-}
+
+# One row type per table: its fields are the table's columns in order (TABLES
+# is derived from them), ``X | None`` is a nullable column and trailing nullable
+# columns default to None. Producers append instances, never bare tuples.
+
+
+class SpanRow(NamedTuple):
+    """Table ``spans``: one timed interval on a rank (a whole step, a phase inside it, a communication bucket, a user mark)."""
+
+    step: int  # -1 outside any step
+    name: Label  # phase or op name
+    kind: Label  # one of SPAN_KINDS
+    start_ns: int
+    end_ns: int
+    bytes: int | None = None  # payload (comm buckets), else null
+    items: int | None = None  # samples in the step (kind=step), else null
+    units: int | None = None  # tokens/frames in the step, where that is the workload's unit
+
+
+class SampleRow(NamedTuple):
+    """Table ``samples``, long format: one (timestamp, metric, device) reading."""
+
+    ts_ns: int
+    metric: Label  # a key of METRICS
+    device: Label  # core, NIC, disk, GPU index or ""
+    value: float  # in METRICS[metric].unit
+
+
+class MemoryRow(NamedTuple):
+    """Table ``memory``: the TBD memory breakdown of one recorded step, in bytes."""
+
+    step: int
+    ts_ns: int
+    device: Label  # "cpu" or "cuda:N"
+    weights: int
+    gradients: int
+    optimizer_state: int
+    activations: int  # saved for backward
+    other: int  # total - the four above
+    total: int  # RSS (cpu) or allocated (cuda)
+    peak: int  # highest total seen in the step
+
+
+class HangRow(NamedTuple):
+    """Table ``hangs``: one progress event of a rank (tbdprof/progress.py): training stopped
+    moving (a hang, with every thread's Python stack), moved again, or failed."""
+
+    step: int  # the step that did not end (last ended + 1)
+    event: Label  # one of HANG_EVENTS
+    ts_ns: int  # when the event was seen
+    since_ns: int  # last progress (a step's end, or the start)
+    threshold_s: float | None = None  # no progress for this long is a hang
+    place: Label | None = None  # one of HANG_PLACES: where the training thread is
+    waiting_in: str | None = None  # the call it waits in: "all_reduce", "barrier", "__getitem__"...
+    location: str | None = None  # the script's frame: "train.py:41 in train" (a loader worker's when it is the stuck part)
+    phase: str | None = None  # the phase open at the time
+    collective: str | None = None  # collectives in flight: "allreduce bucket 3 (1.2 MiB)"
+    stacks: str | None = None  # Python stacks of every thread (and the stuck loader worker), or the traceback
+
+
+class OpRow(NamedTuple):
+    """Table ``ops``: one operator (or layer range) torch.profiler saw during a deep window (tbdprof/deep.py)."""
+
+    step: int  # the window step it started in
+    name: Label  # aten::convolution, or OP_MODULE_PREFIX + path for a layer
+    module: Label | None  # the layer it ran under (module path, e.g. layer3.0.conv2), else null
+    thread: int  # the profiler's thread id
+    start_ns: int
+    end_ns: int  # total time is end_ns - start_ns
+    self_ns: int  # time not spent in child operators
+    shapes: Label | None = None  # input shapes, e.g. [[4, 3, 32, 32], [8, 3, 3, 3]]
+    flops: int | None = None  # where torch counts them (matmul, convolution)
+
+
+class KernelRow(NamedTuple):
+    """Table ``kernels``: one GPU activity (kernel, memcpy, memset) torch.profiler saw during a deep window on CUDA."""
+
+    step: int  # the window step it started in
+    name: Label  # the kernel's name, or Kineto's "Memcpy HtoD (Pageable -> Device)"
+    kind: Label  # one of KERNEL_KINDS
+    device: int  # CUDA device index
+    stream: int
+    start_ns: int  # on the host clock (CUPTI's GPU timestamps as Kineto maps them)
+    end_ns: int
+    op: Label | None = None  # the CPU operator that launched it (aten::mm), through its correlation id
+    module: Label | None = None  # that operator's layer (module path)
+    bytes: int | None = None  # copied or set, for memcpy and memset
+
+
+ROW_TYPES: dict[str, type] = {SPANS: SpanRow, SAMPLES: SampleRow, MEMORY: MemoryRow, HANGS: HangRow, OPS: OpRow,
+                              KERNELS: KernelRow}
+
+new_row = tuple.__new__
+"""``new_row(SpanRow, (every column))``: a row built without NamedTuple's Python-level ``__new__``.
+
+No Python call, so cheaper than ``SpanRow(...)``: for the hot paths (spans
+and steps on the training thread, the sampler's readings), where every
+column is given, defaults included.
+"""
+
+_ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string()}
+
+
+def _arrow_schema(row: type) -> pa.Schema:
+    """The Arrow schema of a row type: one field per NamedTuple field, in order."""
+    hints, fields = typing.get_type_hints(row, include_extras=True), []
+    for name in row._fields:
+        hint = hints[name]
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        (base,) = [a for a in args if a is not type(None)]
+        arrow = base.__metadata__[0] if typing.get_origin(base) is Annotated else _ARROW[base]
+        fields.append(pa.field(name, arrow, nullable=len(args) > 1))
+    return pa.schema(fields)
+
+
+TABLES: dict[str, pa.Schema] = {table: _arrow_schema(row) for table, row in ROW_TYPES.items()}
 
 # --- span kinds and standard phases -------------------------------------------
 
@@ -133,6 +189,7 @@ COMM_REDUCE_SCATTER = "reduce_scatter"  # FSDP's gradient reductions
 MARK_EVAL = "eval"  # an evaluation pass between training steps (forwards without gradients)
 MARK_DEEP_WINDOW = "deep_window"  # a deep window (tbdprof/deep.py): step = its first step; deep.json has the rest
 OP_MODULE_PREFIX = "module: "  # an ops row named "module: layer3.0.conv2" is that layer's forward range
+KERNEL_KINDS = ("kernel", "memcpy", "memset")  # table kernels' kind (Kineto's activity types)
 
 # Columns added after version 1 files were first written: readers fill them
 # with nulls in older segments instead of rejecting those.
@@ -246,6 +303,7 @@ DEEP_TRIGGER_ANOMALY = "anomaly"  # deep.json trigger of a window the rank opene
 
 RUN_FILE = "run.json"  # run-level metadata, one per run
 RANK_FILE = "rank.json"  # per-rank metadata: env capture, clock offsets, status
+EXITS_PREFIX = "exits-"  # in the run folder: exits-HOST-PID.json, how a launcher's ranks ended (tbdprof.exits)
 SEGMENT_SUFFIX = ".parquet"
 
 META_SCHEMA_VERSION = b"tbdprof.schema_version"

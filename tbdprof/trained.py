@@ -25,8 +25,11 @@ class TrainedParams:
     def __init__(self):
         self._ids: set[int] = set()
         self._optimizers: "weakref.WeakSet" = weakref.WeakSet()
+        self._last: "weakref.ref | None" = None  # the optimizer knows() said yes to last: asked at its every step
         self._version = 0
-        self._cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (version, trained)
+        # id(module) -> (weak reference to it, version, trained): a plain dict lookup on the hot path (a loss
+        # module's every call), where a WeakKeyDictionary makes a weak reference per lookup
+        self._cache: dict[int, tuple] = {}
 
     def add(self, optimizer) -> None:
         """Learn ``optimizer``'s parameters (again, after a param group was added)."""
@@ -37,15 +40,23 @@ class TrainedParams:
             self._version += 1
 
     def knows(self, optimizer) -> bool:
-        return optimizer in self._optimizers
+        """True when ``optimizer``'s parameters are known."""
+        if self._last is not None and self._last() is optimizer:
+            return True
+        if optimizer in self._optimizers:
+            self._last = weakref.ref(optimizer)
+            return True
+        return False
 
     def is_trained(self, module) -> bool:
         """True when ``module`` (or a submodule) holds a parameter some optimizer updates."""
-        hit = self._cache.get(module)
-        if hit is not None and hit[0] == self._version:
-            return hit[1]
+        key = id(module)
+        hit = self._cache.get(key)
+        if hit is not None and hit[1] == self._version and hit[0]() is module:
+            return hit[2]
         trained = any(id(p) in self._ids for p in module.parameters())
-        self._cache[module] = (self._version, trained)
+        cache = self._cache
+        self._cache[key] = (weakref.ref(module, lambda _, key=key: cache.pop(key, None)), self._version, trained)
         return trained
 
     def optimizers_of(self, module) -> list:

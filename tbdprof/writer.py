@@ -35,30 +35,35 @@ PARQUET_OPTIONS = dict(
 
 
 class Buffers:
-    """One append-only deque of row tuples per table.
+    """One append-only deque per table, of that table's row type (:data:`tbdprof.schema.ROW_TYPES`).
 
-    ``deque.append`` and ``popleft`` are atomic, so the training thread, the
-    sampling thread and comm-hook callbacks append without a lock while the
-    writer drains.
+    Every producer appends row instances to ``queues[RowType]``: the one way
+    rows reach the store. ``deque.append`` and ``popleft`` are atomic, so the
+    training thread, the sampling thread and comm-hook callbacks append
+    without a lock while the writer drains.
     """
 
     def __init__(self) -> None:
-        self.tables: dict[str, deque] = {name: deque() for name in schema.TABLES}
+        self.queues: dict[type, deque] = {row: deque() for row in schema.ROW_TYPES.values()}
 
-    def drain(self, table: str) -> list[tuple]:
-        q = self.tables[table]
+    def drain(self, row_type: type) -> list[tuple]:
+        """Take every row buffered for ``row_type``'s table, oldest first."""
+        q = self.queues[row_type]
         return [q.popleft() for _ in range(len(q))]
 
 
 def rows_to_table(table: str, rows: list[tuple], meta_schema: pa.Schema) -> pa.Table:
-    """Column-wise conversion of row tuples (in schema column order) to an Arrow table."""
-    fields = schema.TABLES[table]
-    n = len(fields)
-    # Trailing nullable columns may be left off a row (most spans carry no ``units``).
-    rows = [r if len(r) == n else r + (None,) * (n - len(r)) for r in rows]
-    columns = list(zip(*rows))
+    """Column-wise conversion of ``table``'s rows (instances of its row type) to an Arrow table."""
+    row_type = schema.ROW_TYPES[table]
+    if set(map(type, rows)) != {row_type}:
+        raise TypeError(f"rows of table {table} must all be {row_type.__name__}")
+    return columns_to_table(table, zip(*rows), meta_schema)
+
+
+def columns_to_table(table: str, columns: Iterable, meta_schema: pa.Schema) -> pa.Table:
+    """An Arrow table from ``table``'s columns in order (sequences or numpy arrays), string labels dictionary-encoded."""
     arrays = []
-    for field, col in zip(fields, columns):
+    for field, col in zip(schema.TABLES[table], columns):
         if pa.types.is_dictionary(field.type):
             arrays.append(pa.array(col, type=pa.string()).dictionary_encode())
         else:
@@ -119,8 +124,8 @@ class SegmentWriter(threading.Thread):
                 except Exception as e:  # noqa: BLE001 - a bad hook must not stop writing
                     log.debug("tbdprof: pre-flush hook failed: %s", e)
             self._seq += 1
-            for table in schema.TABLES:
-                rows = self.buffers.drain(table)
+            for table, row_type in schema.ROW_TYPES.items():
+                rows = self.buffers.drain(row_type)
                 if rows:
                     self._write(table, rows)
                 pending = self._uncompacted[table]

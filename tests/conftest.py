@@ -6,6 +6,10 @@ import pytest
 
 # The terminal tables follow COLUMNS (analysis/terminal.py); tests read them at the default width.
 os.environ.pop("COLUMNS", None)
+# The default deep-window anomaly watch opens a window when steps slow down, which a loaded test machine does
+# at random: tests of everything else must not depend on the load. tests/distributed/test_deep_triggers.py
+# tests the watch with its defaults (it unsets this).
+os.environ.setdefault("TBDPROF_DEEP_ANOMALY", "off")
 
 
 @pytest.fixture(scope="session")

@@ -14,14 +14,16 @@ MS = 1_000_000  # ns
 
 def write_segment(run_dir: Path, table: str, rows: list[tuple], rank: int = 0, host: str = "h0", seq: int = 1,
                   run_id: str = "r", version: int | None = None) -> Path:
-    """One Parquet segment of ``table`` (rows in schema column order); ``version`` overrides the footer's schema version."""
+    """One Parquet segment of ``table`` (rows: its row type's fields in order, trailing ones may be left off);
+    ``version`` overrides the footer's schema version."""
     meta = schema.table_schema(table, run_id, rank, host)
     if version is not None:
         meta = meta.with_metadata(meta.metadata | {schema.META_SCHEMA_VERSION: str(version).encode()})
     d = store.rank_dir(run_dir, host, rank)
     d.mkdir(parents=True, exist_ok=True)
     path = d / store.segment_name(table, seq)
-    pq.write_table(rows_to_table(table, rows, meta), path)
+    row_type = schema.ROW_TYPES[table]
+    pq.write_table(rows_to_table(table, [row_type(*r) for r in rows], meta), path)
     return path
 
 

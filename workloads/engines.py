@@ -32,6 +32,9 @@ class Engine:
         Parameters the wrapped optimizer already averages are left to it.
         """
 
+    def barrier(self) -> None:
+        """Wait until every rank gets here."""
+
     def shutdown(self) -> None:
         pass
 
@@ -80,6 +83,12 @@ class DDPEngine(Engine):
             flat /= self.info.world_size
 
         _average_flat(params, comm, mean)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
 
     def shutdown(self) -> None:
         import torch.distributed as dist
@@ -144,6 +153,9 @@ class HorovodEngine(Engine):
         # The DistributedOptimizer's own parameters are averaged from its backward hooks.
         rest = [p for p in params if id(p) not in self.averaged]
         _average_flat(rest, comm, lambda flat: hvd.allreduce_(flat, op=hvd.Average, name="tbdprof.average_gradients"))
+
+    def barrier(self) -> None:
+        self.hvd.barrier()
 
     def shutdown(self) -> None:
         rank = self.hvd.rank()

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -21,6 +22,7 @@ from tbdprof.errors import UserError
 
 EXIT_BAD_INPUT = 2
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --amp -> torch dtype name
+FAULTS = ("hang-getitem", "kill", "skip-collective", "slow-step")  # --fault
 
 
 class UsageError(UserError):
@@ -61,12 +63,24 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--deep-every", type=int, default=None, metavar="N",
                    help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
     p.add_argument("--deep-steps", type=int, default=None, metavar="K", help="steps per deep window (default 5)")
+    p.add_argument("--deep-anomaly", default=None, metavar="FACTORxSTEPS",
+                   help="a deep window when STEPS steps in a row are FACTOR x slower than the running median "
+                        "(default 1.5x5, at most 4 windows an hour; off: none)")
+    p.add_argument("--hang-s", type=float, default=None, metavar="S",
+                   help="a rank with no step end for max(S, 20 x its median step) records a hang (default 60; "
+                        "reaches the ranks on every host, unlike TBDPROF_HANG_S)")
     p.add_argument("--no-profile", action="store_true", help="run the same loop without the profiler (baseline)")
     fault = p.add_argument_group("fault injection (for experiments: plant a known bottleneck, then `tbdprof diagnose`)")
     fault.add_argument("--data-delay-ms", type=float, default=0.0, help="every sample takes this much longer to load (slow storage)")
     fault.add_argument("--slow-rank", type=int, default=None, metavar="R", help="this rank is slower in its forward phase (a straggler)")
     fault.add_argument("--slow-ms", type=float, default=0.0, help="how much slower per step --slow-rank is")
     fault.add_argument("--slow-mode", default="sleep", choices=["sleep", "burn"], help="the straggler sleeps or burns CPU")
+    fault.add_argument("--fault", default=None, choices=FAULTS, help="plant one fault on --fault-rank at step --fault-step: "
+                       "hang-getitem (its data set's __getitem__ never returns), kill (the rank SIGKILLs itself), "
+                       "skip-collective (it skips the step's gradient allreduce and waits in a barrier: the others deadlock), "
+                       "slow-step (that one forward takes --slow-ms longer)")
+    fault.add_argument("--fault-rank", type=int, default=1, metavar="R", help="the rank --fault plants its fault on (default 1)")
+    fault.add_argument("--fault-step", type=int, default=5, metavar="N", help="the step --fault strikes at (default 5)")
 
 
 def runner_argv(args) -> list[str]:
@@ -95,7 +109,7 @@ def validate(args) -> tuple:
         raise UsageError(str(e.args[0])) from None
     if args.preset not in wl.presets:
         raise UsageError(f"workload {wl.name} has no preset {args.preset!r}; presets: {', '.join(wl.presets)}")
-    for name in ("steps", "batch_size", "sample_hz", "flush_s", "memory_every"):
+    for name in ("steps", "batch_size", "sample_hz", "flush_s", "memory_every", "hang_s"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
@@ -108,10 +122,23 @@ def validate(args) -> tuple:
             deep_config(args.deep_every or 0, args.deep_steps)
         except ValueError as e:
             raise UsageError(f"--deep-every/--deep-steps: {e}") from None
+    if args.deep_anomaly is not None:
+        from tbdprof.deep import anomaly_config
+
+        try:
+            anomaly_config(args.deep_anomaly)
+        except ValueError as e:
+            raise UsageError(f"--deep-anomaly: {e}") from None
     if args.data_delay_ms < 0 or args.slow_ms < 0 or (args.slow_rank is not None and args.slow_ms == 0):
         raise UsageError("--data-delay-ms and --slow-ms must not be negative; --slow-rank needs --slow-ms")
     if args.slow_rank is not None and type(wl).train_step is not Workload.train_step:
         raise UsageError(f"--slow-rank: workload {wl.name} runs its own step; the runner can only slow its forward phase")
+    if args.fault_rank < 0 or not 0 <= args.fault_step < args.steps:
+        raise UsageError(f"--fault-rank must not be negative and --fault-step must be below --steps ({args.steps})")
+    if args.fault == "slow-step" and args.slow_ms == 0:
+        raise UsageError("--fault slow-step needs --slow-ms")
+    if args.fault in ("skip-collective", "slow-step") and type(wl).train_step is not Workload.train_step:
+        raise UsageError(f"--fault {args.fault}: workload {wl.name} runs its own step, which the runner cannot change")
     if args.data is not None and not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: not a folder")
     if args.engine not in wl.engines:
@@ -194,7 +221,7 @@ def _input(args, wl, preset, info, device):
     num_workers = preset.num_workers if args.num_workers is None else args.num_workers
     try:
         dataset = wl.dataset(root, preset, train=True)
-        if args.data_delay_ms:
+        if args.data_delay_ms or args.fault == "hang-getitem":
             dataset = _Delayed(dataset, args.data_delay_ms / 1e3)
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                                       seed=args.seed, drop_last=True)
@@ -202,6 +229,8 @@ def _input(args, wl, preset, info, device):
             raise UsageError(f"data set of {len(dataset)} samples gives rank {info.rank} {len(sampler)}, "
                              f"less than one batch of {batch_size}")
         batches = wl.batch_sampler(sampler, batch_size)
+        if _faulty(args, info.rank, "hang-getitem"):
+            batches = _HangAt(batches, args.fault_step)
     except DataFormatError as e:
         raise UsageError(str(e)) from None
     loader = torch.utils.data.DataLoader(
@@ -211,12 +240,14 @@ def _input(args, wl, preset, info, device):
     return root, sampler, loader, batch_size, num_workers
 
 
-def _default_step(args, rank, wl, model, optimizer, batch, phase, autocast, scaler) -> None:
+def _default_step(args, rank, step, wl, engine, model, optimizer, batch, phase, autocast, scaler) -> None:
     """forward, backward and optimizer of a workload that leaves its step to the runner."""
     with phase("forward"), autocast():
         loss = wl.loss(model, batch)
-        _stall(args, rank)  # after DDP's buffer broadcast, as a slower device would be
+        _stall(args, rank, step)  # after DDP's buffer broadcast, as a slower device would be
     with phase("backward"):
+        if _faulty(args, rank, "skip-collective", step):
+            engine.barrier()  # the planted deadlock: no backward, so no gradient allreduce, on this rank
         (scaler.scale(loss) if scaler else loss).backward()
     with phase("optimizer"):
         if scaler:
@@ -236,6 +267,8 @@ def train(args) -> int:
     from .engines import EngineUnavailable, get_engine
 
     info = tbdprof.detect_rank()
+    if args.fault and args.fault_rank >= info.world_size:
+        raise UsageError(f"--fault-rank {args.fault_rank}: the job has {info.world_size} rank(s)")
     device = _device(args, info)
     torch.manual_seed(args.seed)
     root, sampler, loader, batch_size, num_workers = _input(args, wl, preset, info, device)
@@ -257,7 +290,7 @@ def train(args) -> int:
     prof = tbdprof.Profiler(
         out=args.out, run_id=args.run_id, sample_hz=args.sample_hz, flush_s=args.flush_s,
         warmup_steps=args.warmup, memory_every=args.memory_every, enabled=not args.no_profile, metadata=config,
-        deep_every=args.deep_every, deep_steps=args.deep_steps,
+        deep_every=args.deep_every, deep_steps=args.deep_steps, deep_anomaly=args.deep_anomaly, hang_s=args.hang_s,
     )
     bar, tick = _progress(info.rank, args.steps)
     step_times: list[float] = []
@@ -277,12 +310,14 @@ def train(args) -> int:
             epoch += 1
             t0 = time.perf_counter()
             for batch in prof.loader(loader):
+                if _faulty(args, info.rank, "kill", step):
+                    os.kill(os.getpid(), signal.SIGKILL)  # the planted death: nothing of the rank runs after it
                 with phase("h2d"):
                     batch = _to_device(batch, device)
                 with autocast():
                     handled = wl.train_step(model, optimizer, batch, phase, average_gradients)
                 if not handled:
-                    _default_step(args, info.rank, wl, model, optimizer, batch, phase, autocast, scaler)
+                    _default_step(args, info.rank, step, wl, engine, model, optimizer, batch, phase, autocast, scaler)
                 if use_cuda:
                     torch.cuda.synchronize(device)
                 prof.end_step(wl.batch_items(batch), wl.batch_units(batch) if wl.unit != "samples" else None)
@@ -301,8 +336,29 @@ def train(args) -> int:
     return 0
 
 
+class _Never(int):
+    """A sample index marked by --fault hang-getitem: :class:`_Delayed` never returns its item."""
+
+
+class _HangAt:
+    """The batch sampler of the rank --fault hang-getitem plants on: the indices of its ``step``-th batch
+    (counted over epochs, in the order the loader asks for them, which is the order of the steps) marked."""
+
+    def __init__(self, batches, step: int):
+        self.batches, self.step, self.count = batches, step, 0
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.count += 1
+            yield [_Never(i) for i in batch] if self.count - 1 == self.step else batch
+
+
 class _Delayed:
-    """A data set whose items each take ``delay_s`` longer to load (--data-delay-ms)."""
+    """A data set whose items each take ``delay_s`` longer to load (--data-delay-ms), and whose items at indices
+    :class:`_HangAt` marked never load (--fault hang-getitem)."""
 
     def __init__(self, dataset, delay_s: float):
         self.dataset, self.delay_s = dataset, delay_s
@@ -311,6 +367,8 @@ class _Delayed:
         return len(self.dataset)
 
     def __getitem__(self, i):
+        while isinstance(i, _Never):
+            time.sleep(1)  # the planted hang: a read that never returns
         time.sleep(self.delay_s)
         return self.dataset[i]
 
@@ -320,9 +378,14 @@ class _Delayed:
         return getattr(self.dataset, name)
 
 
-def _stall(args, rank: int) -> None:
-    """--slow-rank: sleep or spin for --slow-ms on that rank."""
-    if rank != args.slow_rank:
+def _faulty(args, rank: int, fault: str, step: int | None = None) -> bool:
+    """Whether --fault ``fault`` strikes ``rank`` (at ``step``, unless None)."""
+    return args.fault == fault and rank == args.fault_rank and step in (None, args.fault_step)
+
+
+def _stall(args, rank: int, step: int) -> None:
+    """--slow-rank (every step) or --fault slow-step (one step): sleep or spin for --slow-ms on that rank."""
+    if rank != args.slow_rank and not _faulty(args, rank, "slow-step", step):
         return
     end = time.perf_counter() + args.slow_ms / 1e3
     if args.slow_mode == "sleep":

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from tbdprof import schema
-
-from ..bandwidth import BUS_FACTORS
+from ..bandwidth import bus_bandwidth
 from .base import Finding, graded
 from .context import Context
 
@@ -23,11 +21,9 @@ def communication_bound(ctx: Context) -> list[Finding]:
     severity = graded(s.get("comm_tail_fraction"), WARNING, CRITICAL)
     if not severity:
         return []
-    name, = ctx.run.sql(f"SELECT arg_max(name, bytes) FROM (SELECT name, sum(bytes) AS bytes FROM spans "
-                        f"WHERE kind = '{schema.KIND_COMM}' AND step >= ? GROUP BY name)", [ctx.run.warmup_steps])[0]
+    name, = ctx.run.sql("SELECT arg_max(name, bytes) FROM (SELECT name, sum(bytes) AS bytes FROM steady_comm GROUP BY name)")[0]
     algbw = s["comm_bytes"] / s["comm_busy_s"] if s["comm_bytes"] and s["comm_busy_s"] else None
-    factor = BUS_FACTORS[name](s["ranks"]) if name in BUS_FACTORS else None
-    busbw = algbw * factor if algbw is not None and factor is not None else None
+    busbw = bus_bandwidth(algbw, name, s["ranks"])
     link = ctx.link_bytes_per_s
     evidence = {
         "comm_tail_s_per_step": s["comm_tail_s"], "comm_tail_fraction": s["comm_tail_fraction"], "step_s": s["step_s"],

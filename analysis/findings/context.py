@@ -26,7 +26,7 @@ from statistics import median
 
 from tbdprof import schema
 
-from ..load import Run, sql_list
+from ..load import Run
 
 PHASES = (schema.PHASE_DATA, schema.PHASE_H2D, schema.PHASE_FORWARD, schema.PHASE_BACKWARD, schema.PHASE_OPTIMIZER)
 # The step's parts the phase-composition comparison looks at (then: other phases, outside any phase).
@@ -40,6 +40,8 @@ BLOCKING = (schema.PHASE_BACKWARD, schema.PHASE_COMM, schema.PHASE_OPTIMIZER)
 GAUGES = ("cpu.process_pct", "cpu.system_pct", "cpu.iowait_pct", "cpu.runnable", "mem.used_bytes", "mem.swap_used_bytes",
           "gpu.util_pct", "gpu.mem_used_bytes", "gpu.mem_total_bytes", "gpu.fp32_util_pct", "gpu.tensor_util_pct",
           "torch.alloc_retries")
+RSS = "mem.rss_bytes"
+READS = ("io.read_chars", "io.read_bytes")
 
 
 class Context:
@@ -63,17 +65,16 @@ class Context:
         """``diag_step``: one row per rank and steady step: ``step_ns``, ``items``, ``units`` and, where the rank
         communicated in the step, ``arrival`` (last bucket handed over), ``tail`` (arrival to its last
         completion), ``busy`` (first bucket to last completion), ``comm_bytes``; ``fwd_start``."""
-        step, comm = f"kind = '{schema.KIND_STEP}'", f"kind = '{schema.KIND_COMM}'"
-        fwd = f"kind = '{schema.KIND_PHASE}' AND name = '{schema.PHASE_FORWARD}'"
+        step, comm, fwd = "kind = $step", "kind = $comm", "kind = $phase AND name = $forward"
         units = f"sum(units) FILTER (WHERE {step})"  # null in segments written before the column existed
         self.run.sql(
             "CREATE OR REPLACE TEMP TABLE diag_step AS SELECT rank, step, "
             f"sum(end_ns - start_ns) FILTER (WHERE {step}) AS step_ns, sum(items) FILTER (WHERE {step}) AS items, {units} AS units, "
             f"max(start_ns) FILTER (WHERE {comm}) AS arrival, max(end_ns) FILTER (WHERE {comm}) - max(start_ns) FILTER (WHERE {comm}) AS tail, "
             f"max(end_ns) FILTER (WHERE {comm}) - min(start_ns) FILTER (WHERE {comm}) AS busy, sum(bytes) FILTER (WHERE {comm}) AS comm_bytes, "
-            f"min(start_ns) FILTER (WHERE {fwd}) AS fwd_start FROM spans WHERE step >= ? AND ({step} OR {comm} OR {fwd}) "
+            f"min(start_ns) FILTER (WHERE {fwd}) AS fwd_start FROM steady_spans WHERE {step} OR {comm} OR ({fwd}) "
             f"GROUP BY rank, step HAVING count(*) FILTER (WHERE {step}) > 0",
-            [self.run.warmup_steps])
+            {"step": schema.KIND_STEP, "comm": schema.KIND_COMM, "phase": schema.KIND_PHASE, "forward": schema.PHASE_FORWARD})
         return "diag_step"
 
     @cached_property
@@ -84,9 +85,9 @@ class Context:
         counts = {r: (n, med) for r, n, med in self.run.sql(
             f"SELECT rank, count(*), median(step_ns) / 1e9 FROM {self._step_table} GROUP BY rank")}
         rows = self.run.sql(
-            "SELECT rank, any_value(host), name, sum(end_ns - start_ns) / 1e9 FROM spans WHERE step >= ? AND "
-            f"(kind = '{schema.KIND_STEP}' OR (kind = '{schema.KIND_PHASE}' AND name IN {sql_list(PHASES)})) GROUP BY rank, name",
-            [self.run.warmup_steps])
+            "SELECT rank, any_value(host), name, sum(end_ns - start_ns) / 1e9 FROM steady_spans "
+            "WHERE kind = $step OR (kind = $phase AND list_contains($phases, name)) GROUP BY rank, name",
+            {"step": schema.KIND_STEP, "phase": schema.KIND_PHASE, "phases": list(PHASES)})
         totals: dict[int, dict] = {}
         for rank, host, name, secs in rows:
             totals.setdefault(rank, {"host": host})[name] = secs
@@ -185,16 +186,19 @@ class Context:
         # Every k-th steady step (a filter the scan applies), then only steps every rank recorded with phases.
         warm = self.run.warmup_steps
         every = max(1, -(-(last - warm + 1) // COMPOSITION_STEPS))
-        phase = f"kind = '{schema.KIND_PHASE}'"
-        cols = ", ".join([f"coalesce(sum(end_ns - start_ns) FILTER (WHERE {phase} AND name = '{p}'), 0) AS ph_{i}"
-                          for i, p in enumerate(COMPOSITION_PHASES)]
-                         + [f"coalesce(sum(end_ns - start_ns) FILTER (WHERE {phase} AND name NOT IN {sql_list(COMPOSITION_PHASES)}), 0) AS ph_other"])
+        cols = ", ".join([f"coalesce(sum(end_ns - start_ns) FILTER (WHERE kind = $phase AND name = $p{i}), 0) AS ph_{i}"
+                          for i in range(len(COMPOSITION_PHASES))]
+                         + ["coalesce(sum(end_ns - start_ns) FILTER (WHERE kind = $phase AND NOT list_contains($parts, name)), 0) "
+                            "AS ph_other"])
         res = self.run.con.execute(
-            f"WITH c AS (SELECT rank, step, sum(end_ns - start_ns) FILTER (WHERE kind = '{schema.KIND_STEP}') AS step_ns, {cols}, "
-            f"count(*) FILTER (WHERE {phase}) AS phases FROM spans WHERE step >= ? AND (step - ?) % ? = 0 "
-            f"AND kind IN ('{schema.KIND_STEP}', '{schema.KIND_PHASE}') GROUP BY rank, step), "
-            "ok AS (SELECT step FROM c WHERE step_ns > 0 AND phases > 0 GROUP BY step HAVING count(*) = ?) "
-            f"SELECT c.* FROM c JOIN ok USING (step) ORDER BY step, rank", [warm, warm, every, n]).fetchnumpy()
+            f"WITH c AS (SELECT rank, step, sum(end_ns - start_ns) FILTER (WHERE kind = $step) AS step_ns, {cols}, "
+            "count(*) FILTER (WHERE kind = $phase) AS phases FROM steady_spans WHERE (step - $warm) % $every = 0 "
+            "AND (kind = $step OR kind = $phase) GROUP BY rank, step), "
+            "ok AS (SELECT step FROM c WHERE step_ns > 0 AND phases > 0 GROUP BY step HAVING count(*) = $ranks) "
+            "SELECT c.* FROM c JOIN ok USING (step) ORDER BY step, rank",
+            {f"p{i}": p for i, p in enumerate(COMPOSITION_PHASES)}
+            | {"step": schema.KIND_STEP, "phase": schema.KIND_PHASE, "parts": list(COMPOSITION_PHASES), "warm": warm,
+               "every": every, "ranks": n}).fetchnumpy()
         if not len(res["step"]):
             return {}
         steps = len(res["step"]) // n
@@ -238,9 +242,9 @@ class Context:
         if not self.run.has(schema.SAMPLES):
             return {}
         query = ("SELECT metric, host, rank, device, avg(value), max(value) FROM samples "
-                 f"WHERE metric IN {sql_list(GAUGES)} AND ts_ns BETWEEN ? AND ? GROUP BY ALL")
+                 "WHERE list_contains(?, metric) AND ts_ns BETWEEN ? AND ? GROUP BY ALL")
         w = self.run.steady_window
-        rows = (self.run.sql(query, list(w)) if w else []) or self.run.sql(query, [-(2**62), 2**62])
+        rows = (self.run.sql(query, [list(GAUGES), *w]) if w else []) or self.run.sql(query, [list(GAUGES), -(2**62), 2**62])
         return {(m, h if schema.METRICS[m].scope == "host" else r, d): (avg, mx) for m, h, r, d, avg, mx in rows}
 
     def gauge(self, metric: str, who, device: str = "", stat: int = 0) -> float | None:
@@ -279,10 +283,10 @@ class Context:
         rows = self.run.sql(
             "WITH r AS (SELECT rank, regr_slope(value, ts_ns / 1e9) AS slope, regr_r2(value, ts_ns / 1e9) AS r2, "
             "median(value) AS med, min(ts_ns) AS t0, max(ts_ns) AS t1, count(*) AS n FROM samples "
-            "WHERE metric = 'mem.rss_bytes' AND ts_ns BETWEEN ? AND ? GROUP BY rank) "
+            "WHERE metric = ? AND ts_ns BETWEEN ? AND ? GROUP BY rank) "
             "SELECT r.rank, slope, r2, med, (t1 - t0) / 1e9, n, "
             "(SELECT count(*) FROM steady_steps s WHERE s.rank = r.rank AND s.end_ns BETWEEN t0 AND t1) "
-            "FROM r ORDER BY r.rank", [start, w[1]])
+            "FROM r ORDER BY r.rank", [RSS, start, w[1]])
         out = {}
         for r, slope, r2, med, span, n, steps in rows:
             growth = (slope or 0) * span
@@ -291,14 +295,14 @@ class Context:
         return out
 
     def read_rates(self) -> dict[int, dict[str, float]]:
-        """Per rank, bytes/s over the steady window of ``io.read_chars`` and ``io.read_bytes`` (first to last reading)."""
+        """Per rank, bytes/s over the steady window of each of :data:`READS` (first to last reading)."""
         w = self.run.steady_window
         if w is None:
             return {}
         out: dict[int, dict] = {}
         for r, metric, rate in self.run.sql(
                 "SELECT rank, metric, (arg_max(value, ts_ns) - arg_min(value, ts_ns)) / nullif((max(ts_ns) - min(ts_ns)) / 1e9, 0) "
-                "FROM samples WHERE metric IN ('io.read_chars', 'io.read_bytes') AND ts_ns BETWEEN ? AND ? GROUP BY ALL", list(w)):
+                "FROM samples WHERE list_contains(?, metric) AND ts_ns BETWEEN ? AND ? GROUP BY ALL", [list(READS), *w]):
             out.setdefault(r, {})[metric.split(".", 1)[1] + "_per_s"] = rate
         return out
 

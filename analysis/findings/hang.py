@@ -5,8 +5,9 @@ training thread's place, the call it waits in, the script's frame and the
 collectives in flight; ``resume``; ``error``: the exception training raised,
 e.g. a collective whose peer is gone), its ``status.json`` (last update),
 its ``rank.json`` status (a rank still ``running`` that stopped updating was
-killed: SIGKILL, the OOM killer, a segfault) and, where tbdprof launched the
-ranks, their exit codes in ``run.json``.
+killed: SIGKILL, the OOM killer, a segfault) and how its launcher saw it end:
+the exit codes in ``run.json`` where tbdprof launched the ranks, torchrun's
+failures in ``exits-*.json`` under ``tbdprof profile`` (:mod:`tbdprof.exits`).
 
 The rank to blame (the *culprit*) is the one not waiting in a collective
 (stuck in data loading, in its own code), or the one waiting in a different
@@ -42,6 +43,27 @@ def _signal_name(code) -> str | None:
         return f"signal {-code}"
 
 
+def launcher_exits(run) -> dict[int, dict]:
+    """Per rank the launcher saw fail: ``signal`` (a name, or None for a plain exit code), ``exit_code``, ``by``
+    (the launcher) and, from torchrun, ``seen_ns`` (when it noticed, whole seconds of its host's clock)."""
+    out: dict[int, dict] = {}
+    codes = run.meta.get("exit_codes")  # one per process of the plan: one per rank under the local launcher only
+    for rank, code in enumerate(codes if run.meta.get("launcher") == "local" and isinstance(codes, list) else []):
+        if isinstance(code, int) and code != 0:
+            out[rank] = {"exit_code": code, "signal": _signal_name(code), "by": "tbdprof's local launcher"}
+    for path in sorted(run.path.glob(f"{schema.EXITS_PREFIX}*.json")):
+        try:
+            data = store.read_json(path)
+            ranks = {int(r): v for r, v in data.get("ranks", {}).items() if isinstance(v, dict)}
+        except (OSError, ValueError, AttributeError):
+            continue
+        for rank, v in ranks.items():
+            code = v.get("exit_code")
+            out[rank] = {"exit_code": code, "signal": _signal_name(code), "by": data.get("launcher") or "the launcher",
+                         "seen_ns": v.get("seen_ns") if isinstance(v.get("seen_ns"), int) else None}
+    return out
+
+
 def _status_files(run) -> dict[int, dict]:
     out = {}
     for rank, meta in run.ranks.items():
@@ -60,40 +82,48 @@ def _status_files(run) -> dict[int, dict]:
 def rank_states(run) -> dict[int, dict]:
     """Per rank: ``state`` (hung, failed, dead, resumed, running, complete, terminated...) and its evidence."""
     rows = run.sql("SELECT rank, step, event, ts_ns, since_ns, threshold_s, place, waiting_in, location, phase, "
-                   "collective, stacks FROM hangs ORDER BY ts_ns") if run.has(schema.HANGS) else []
+                   "collective, stacks FROM hangs ORDER BY rank, ts_ns") if run.has(schema.HANGS) else []
     last_seen = dict(run.sql("SELECT rank, max(t) FROM (SELECT rank, max(end_ns) AS t FROM spans GROUP BY rank "
                              "UNION ALL SELECT rank, max(ts_ns) FROM samples GROUP BY rank) GROUP BY rank"))
-    steps = dict(run.sql(f"SELECT rank, max(step) FROM spans WHERE kind = '{schema.KIND_STEP}' GROUP BY rank"))
+    steps = dict(run.sql("SELECT rank, max(step) FROM spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP]))
     status = _status_files(run)
-    codes = run.meta.get("exit_codes") if isinstance(run.meta.get("exit_codes"), list) else []
+    exits = launcher_exits(run)
     out: dict[int, dict] = {}
     for rank, meta in run.ranks.items():
         st = status.get(rank, {})
         seen = max([t for t in (last_seen.get(rank), st.get("updated_ns")) if t], default=None)
+        done = max((steps.get(rank) + 1) if steps.get(rank) is not None else 0, st.get("steps_done") or 0)
+        ex = exits.get(rank, {})
         out[rank] = {"state": meta.get("status", "unknown"), "host": meta.get("host"), "last_seen_ns": seen,
-                     "steps_done": (steps.get(rank) + 1) if steps.get(rank) is not None else 0,
-                     "status_every_s": st.get("status_every_s"),
-                     "exit": _signal_name(codes[rank]) if rank < len(codes) else None}
+                     "steps_done": done, "status_every_s": st.get("status_every_s"), "exit": ex.get("signal"),
+                     "exit_code": ex.get("exit_code"), "exit_by": ex.get("by"), "exit_seen_ns": ex.get("seen_ns"),
+                     "episodes": []}
     for rank, step, event, ts, since, thr, place, waiting, loc, phase, coll, stacks in rows:
-        e = out.setdefault(rank, {"state": "unknown"})
+        e = out.setdefault(rank, {"state": "unknown", "episodes": []})
         if event == schema.HANG_RESUME:
             e["resumed"] = {**e.pop("hang", {}), "step": step, "since_ns": since, "ts_ns": ts}
+            if e["episodes"] and e["episodes"][-1]["resumed_ns"] is None:
+                e["episodes"][-1]["resumed_ns"] = ts
             continue
         key = "hang" if event == schema.HANG_HANG else "error"
         e[key] = {"step": step, "ts_ns": ts, "since_ns": since, "threshold_s": thr, "place": place,
                   "waiting_in": waiting, "location": loc, "phase": phase, "collective": coll, "stacks": stacks or ""}
+        if key == "hang":
+            e["episodes"].append({**e[key], "resumed_ns": None})
     latest = max((e["last_seen_ns"] for e in out.values() if e.get("last_seen_ns")), default=None)
     for rank, e in out.items():
         if "hang" in e:
             e["state"] = "hung"
         elif "error" in e:
             e["state"] = "failed"
-        elif e["state"] == "running" or e.get("exit"):
+        elif e["state"] == "running":  # it never closed its recording: killed, or still running
             every = e.get("status_every_s") or 2.0
             stale = latest is not None and e.get("last_seen_ns") is not None and \
                 (latest - e["last_seen_ns"]) / 1e9 > 3 * every + STALE_MARGIN_S
-            if e.get("exit") or stale:
+            if e.get("exit_code") or stale:
                 e["state"] = "dead"
+        if "resumed" in e and e["state"] not in ("hung", "failed", "dead"):
+            e["state"] = "resumed"
     return out
 
 
@@ -108,19 +138,32 @@ def _worker_text(h: dict) -> str:
     return "its DataLoader worker's" if stacks.startswith("DataLoader worker") else "its"
 
 
-def _culprit_text(r: int, e: dict, t0: int) -> str:
+def _culprit_text(r: int, e: dict, on_host: bool) -> str:
+    """What the culprit rank does; ``on_host``: name its host too (a job over several hosts)."""
+    who = f"rank {r} on {e['host']}" if on_host and e.get("host") else f"rank {r}"
     if e["state"] == "dead":
-        how = e.get("exit") or "killed, OOM-killed or crashed: it never closed its recording"
-        return f"rank {r} died ({how}; last seen {_clock(e.get('last_seen_ns'))})"
+        return f"{who} died ({_death(e)}; last seen {_clock(e.get('last_seen_ns'))})"
     h = e["hang"]
     where = f" ({h['location']})" if h.get("location") else ""
     if h.get("place") == "data_loading":
         call = h.get("waiting_in") or "data loading"
-        return f"rank {r} stuck in {_worker_text(h)} `{call}`{where}" if call != "DataLoader" else \
-            f"rank {r} stuck waiting for its DataLoader{where}"
+        return f"{who} stuck in {_worker_text(h)} `{call}`{where}" if call != "DataLoader" else \
+            f"{who} stuck waiting for its DataLoader{where}"
     if h.get("place") in WAITING:
-        return f"rank {r} waits in {h.get('waiting_in')}{where}"
-    return f"rank {r} stuck in {h.get('phase') or 'its own code'}{where}"
+        return f"{who} waits in {h.get('waiting_in')}{where}"
+    return f"{who} stuck in {h.get('phase') or 'its own code'}{where}"
+
+
+def _death(e: dict) -> str:
+    """How a dead rank ended, as far as it can be known: its own recording never says (it ran no code after)."""
+    by = e.get("exit_by")
+    if e.get("exit"):
+        seen = f" at {_clock(e['exit_seen_ns'])}" if e.get("exit_seen_ns") else ""
+        return f"{e['exit']}, seen by {by}{seen}"
+    if e.get("exit_code"):
+        return f"exit code {e['exit_code']}, seen by {by}, without closing its recording"
+    return ("signal not known: it never closed its recording and no launcher record of its exit was found "
+            "(tbdprof's launchers and torchrun under tbdprof profile write one)")
 
 
 def _waiting_text(e: dict) -> str:
@@ -154,8 +197,12 @@ def hang(ctx: Context) -> list[Finding]:
         behind = min(e["hang"]["step"] for e in hung.values())
         if any(e["hang"]["step"] != behind for e in hung.values()):
             culprits = {r for r, e in hung.items() if e["hang"]["step"] == behind}
-    step = max([e["hang"]["step"] for e in hung.values()] + [e.get("steps_done", 0) for e in dead.values()])
-    parts = [_culprit_text(r, states[r], t0) for r in sorted(culprits)]
+    # the step the stuck ranks are in; a dead rank's count lags by up to one status update (a terminated
+    # rank's closes the step it was in, so that count is not used)
+    step = max([e["hang"]["step"] for e in hung.values()] + [e["error"]["step"] for e in failed.values()]
+               + [e.get("steps_done") or 0 for e in dead.values()])
+    on_host = len({e.get("host") for e in states.values()}) > 1
+    parts = [_culprit_text(r, states[r], on_host) for r in sorted(culprits)]
     groups: dict[str, list[int]] = {}
     for r, e in sorted(hung.items()):
         if r not in culprits:
@@ -184,7 +231,8 @@ def hang(ctx: Context) -> list[Finding]:
 
 def _evidence(e: dict, t0: int) -> dict:
     ev = e.get("hang") or e.get("error") or e.get("resumed") or {}
-    out = {"state": e["state"], "steps_done": e.get("steps_done"), "exit": e.get("exit"),
+    out = {"state": e["state"], "host": e.get("host"), "steps_done": e.get("steps_done"), "exit": e.get("exit"), "exit_code": e.get("exit_code"),
+           "exit_by": e.get("exit_by"),
            "last_seen_s": (e["last_seen_ns"] - t0) / 1e9 if e.get("last_seen_ns") else None}
     for k in ("place", "waiting_in", "location", "phase", "collective"):
         out[k] = ev.get(k)
@@ -239,10 +287,12 @@ def _stalls(states: dict, t0: int) -> list[Finding]:
         secs = (res["ts_ns"] - res["since_ns"]) / 1e9
         where = f" in {res['waiting_in']}" if res.get("waiting_in") else ""
         loc = f" ({res['location']})" if res.get("location") else ""
+        n = len(e.get("episodes", []))
+        more = f" ({n} such pauses; the first at step {e['episodes'][0]['step']})" if n > 1 else ""
         out.append(Finding(
             kind="hang", severity="info", ranks=[r], score=0.0,
-            title=f"rank {r} made no progress for about {secs:.0f} s at step {res['step']}{where}{loc}, then resumed",
-            evidence={"step": res["step"], "per_rank": {r: _evidence({**e, "state": "resumed", "hang": None}, t0)}},
+            title=f"rank {r} made no progress for about {secs:.0f} s at step {res['step']}{where}{loc}, then resumed{more}",
+            evidence={"step": res["step"], "episodes": n, "per_rank": {r: _evidence({**e, "state": "resumed", "hang": None}, t0)}},
             recommendation="A pause this long is a hang while it lasts: see what the rank did (its hangs table has the stacks).",
             time_range_s=((res["since_ns"] - t0) / 1e9, (res["ts_ns"] - t0) / 1e9)))
     return out

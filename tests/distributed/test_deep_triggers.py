@@ -1,7 +1,8 @@
 """Deep windows on demand (`tbdprof trace`) on a live 2-rank DDP job (scripts_deep/live_job.py under torchrun):
 the window lands at the same steps on both ranks, with ops rows; a run that is not live is one line, exit 2.
-Live jobs are killed, whole tree, in a finally. And on an anomaly (TBDPROF_DEEP_ANOMALY): rank 1 slowing down
-from step 40 gets one window a few steps later, at the same steps on both ranks; a steady run gets none."""
+Live jobs are killed, whole tree, in a finally. And on an anomaly, with the watch's defaults (on, 1.5x5): rank 1
+slowing down from step 40 gets one window a few steps later on both ranks; a steady run gets none; a bad
+--deep-anomaly is one line, exit 2."""
 
 import json
 import os
@@ -116,7 +117,7 @@ def test_trace_beside_a_schedule_and_a_silent_job(tmp_path):
 
 
 def _anomaly_run(tmp_path, monkeypatch, name, *args) -> dict[int, dict]:
-    monkeypatch.setenv("TBDPROF_DEEP_ANOMALY", "2x4")  # 2x for 4 steps: a 2-core machine has 2-step hiccups
+    monkeypatch.delenv("TBDPROF_DEEP_ANOMALY", raising=False)  # the default watch: nobody asked for it
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run = new_run_dir(tmp_path, name, "deep")
     assert run_here([sys.executable, str(SCRIPT), "--steps", "90", "--step-ms", "20", "--flush-s", "5", *args], 2, run, {}) == 0
@@ -130,7 +131,7 @@ def _anomaly_run(tmp_path, monkeypatch, name, *args) -> dict[int, dict]:
 def test_anomaly_window_follows_a_slowdown_on_every_rank_and_a_steady_run_gets_none(tmp_path, monkeypatch):
     slow = _anomaly_run(tmp_path, monkeypatch, "slow", "--slow-rank", "1", "--slow-from", "40", "--slow-ms", "40")
     wins = {r: [(w["first"], w["last"], w["trigger"]) for w in d["windows"]] for r, d in slow.items()}
-    for r in (0, 1):  # once per slow episode, on the grid of 5 steps after the third slow step
+    for r in (0, 1):  # once per slow episode, on the grid of 5 steps after the fifth slow step (44)
         assert len(wins[r]) == 1, wins
         first, last, trigger = wins[r][0]
         assert trigger == "anomaly" and first % 5 == 0 and 45 <= first <= 50 and last == first + 4, wins
@@ -139,8 +140,13 @@ def test_anomaly_window_follows_a_slowdown_on_every_rank_and_a_steady_run_gets_n
     print("anomaly windows per rank:", wins)
     for d in slow.values():
         (w,) = d["windows"]
-        assert w["ops"] > 0 and w["trace"] and w["anomaly"]["median_ms"] > 0 and len(w["anomaly"]["slow_ms"]) == 4
-        assert min(w["anomaly"]["slow_ms"]) > 2 * w["anomaly"]["median_ms"]
-        assert d["anomaly"] == {"factor": 2.0, "steps": 4, "per_hour": 4, "baseline_steps": 50, "windows": 1}
+        assert w["ops"] > 0 and w["trace"] and w["anomaly"]["median_ms"] > 0 and len(w["anomaly"]["slow_ms"]) == 5
+        assert min(w["anomaly"]["slow_ms"]) > 1.5 * w["anomaly"]["median_ms"]
+        assert d["anomaly"] == {"factor": 1.5, "steps": 5, "per_hour": 4, "bytes_per_hour": 64 * 2**20,
+                                "baseline_steps": 50, "min_baseline_steps": 20, "grid": 5, "windows": 1,
+                                "over_budget": 0}
     steady = _anomaly_run(tmp_path, monkeypatch, "steady")
     assert steady[0]["windows"] == steady[1]["windows"] == [], steady
+    for cmd in (("run", "resnet50", "--deep-anomaly", "fast"), ("profile", "--deep-anomaly", "1x3", "--", "true")):
+        bad = run_cli(*cmd, check=False)
+        assert bad.returncode == 2 and "--deep-anomaly" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).parent / "scripts_deep" / "slow_layer.py"
 
 def test_windows_agree_across_ranks_and_name_the_slow_layer(tmp_path):
     run_dir = new_run_dir(tmp_path, "deep", "deep")
-    assert run_here([sys.executable, str(SCRIPT), "--slow-rank", "1", "--steps", "20"], 2, run_dir, {}) == 0
+    assert run_here([sys.executable, str(SCRIPT), "--slow-rank", "1", "--extra", "40", "--steps", "20"], 2, run_dir, {}) == 0
     wins = {}
     for f in sorted(run_dir.glob("host=*/rank=*/deep.json")):
         info = json.loads(f.read_text())

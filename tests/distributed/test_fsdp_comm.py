@@ -53,14 +53,14 @@ def _check_spans(r: dict, shards: int, hsdp: bool) -> None:
     """One rank's spans of run B, against the ground truth and the model's sizes."""
     sizes, spans, truth = r["sizes"], r["spans"], r["truth"]
     params, grads, root = sizes["params"], sizes["grads"], sizes[""]
-    for step, name, kind, start, end, nbytes, items in spans:
-        assert kind == schema.KIND_COMM and items is None and nbytes > 0
+    for step, name, kind, start, end, nbytes, items, units in spans:
+        assert kind == schema.KIND_COMM and items is None and units is None and nbytes > 0
         assert 0 < start <= end, (name, start, end)
         assert name in (AG, RS, AR)
 
     # every collective FSDP called is one span that contains the call, with its bytes
     assert len(spans) == len(truth), (len(spans), len(truth))
-    for (step, name, _k, start, end, nbytes, _i), (t_name, t_start, t_end, t_bytes) in zip(
+    for (step, name, _k, start, end, nbytes, _i, _u), (t_name, t_start, t_end, t_bytes) in zip(
             sorted(spans, key=lambda s: s[3]), sorted(truth, key=lambda t: t[1])):
         assert (name, nbytes) == (t_name, t_bytes)
         assert start <= t_start and t_end <= end, (name, start, t_start, t_end, end)

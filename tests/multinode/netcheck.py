@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from tbdprof import schema
 from tbdprof.analysis.breakdown import coverage_ns
 from tbdprof.analysis.load import Run
 from tbdprof.analysis.network import PROTOCOL_OVERHEAD, gradient_bytes_per_step, ring_allreduce_bytes
@@ -18,8 +17,7 @@ def bytes_sent_per_step(run: Run, interface: str = "eth0") -> dict[str, dict]:
     end of the last one, so traffic before (rendezvous, model broadcast) and
     after (clock sync, teardown) the steps is left out.
     """
-    windows = run.sql("SELECT host, min(start_ns), max(end_ns), count(DISTINCT step) FROM spans "
-                      "WHERE kind = ? AND step >= ? GROUP BY host", [schema.KIND_STEP, run.warmup_steps])
+    windows = run.sql("SELECT host, min(start_ns), max(end_ns), count(DISTINCT step) FROM steady_steps GROUP BY host")
     out = {}
     for host, t0, t1, steps in windows:
         rows = run.sql("SELECT ts_ns, value FROM samples WHERE metric = 'net.bytes_sent' AND device = ? AND host = ? "
@@ -51,8 +49,7 @@ def network_vs_model(run: Run, interface: str = "eth0") -> dict:
 def comm_seconds_per_step(run: Run) -> float | None:
     """Median over ranks of the time a collective was in flight per steady step (overlaps counted once:
     the breakdown's union of intervals)."""
-    busy = coverage_ns(run, f"kind = '{schema.KIND_COMM}' AND step >= {int(run.warmup_steps)}")
-    steps = dict(run.sql("SELECT rank, count(*) FROM spans WHERE kind = ? AND step >= ? GROUP BY rank",
-                         [schema.KIND_STEP, run.warmup_steps]))
+    busy = coverage_ns(run)
+    steps = dict(run.sql("SELECT rank, count(*) FROM steady_steps GROUP BY rank"))
     per = [v["total"] / 1e9 / steps[r] for r, v in busy.items() if steps.get(r)]
     return float(np.median(per)) if per else None

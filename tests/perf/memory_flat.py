@@ -40,7 +40,7 @@ def run(minutes: float) -> dict:
                         with prof.phase(name):
                             pass
                     now = clock.now_ns()
-                    prof._record_span(i, schema.COMM_ALLREDUCE, schema.KIND_COMM, now - 1000, now, 4096, None)
+                    prof.add_span(schema.COMM_ALLREDUCE, schema.KIND_COMM, now - 1000, now, 4096, step=i)
                 i += 1
                 time.sleep(max(0.0, t0 + i / 10 - time.perf_counter()))
                 if time.perf_counter() >= next_read:

@@ -28,6 +28,8 @@ FIGURES = [
     ("report, 64 ranks x 1 h (s)", "analysis_scale.py", ["--ranks", "64"], ["--ranks", "16", "--hours", "0.25"], "report_s", 15.0, "<="),
     ("diagnose, 64 ranks x 1 h (s)", "analysis_scale.py", ["--ranks", "64"], ["--ranks", "16", "--hours", "0.25"], "diagnose_s", 15.0, "<="),
     ("analysis peak RSS (MB)", "analysis_scale.py", ["--ranks", "64"], ["--ranks", "16", "--hours", "0.25"], "peak_rss_mb", 1500.0, "<="),
+    ("deep window: bytes per window step (ops rows + gzip'd trace) / a plain Kineto JSON trace's per step", "deep_window_bytes.py",
+     [], ["--steps", "30", "--every", "10", "--window", "3"], "window_vs_plain_kineto", 0.25, "<="),
     ("recorder RSS growth at 100 Hz (MB/hour)", "memory_flat.py", [], ["--minutes", "2"], "rss_slope_mb_per_hour", 10.0, "<="),
 ]
 

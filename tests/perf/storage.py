@@ -39,7 +39,7 @@ def record(out: Path, seconds: float, steps_per_s: float = 10.0) -> tuple[int, i
                     with prof.phase(name):
                         pass
                 now = clock.now_ns()
-                prof._record_span(i, schema.COMM_ALLREDUCE, schema.KIND_COMM, now - 5_000_000, now, 102_228_128, None)
+                prof.add_span(schema.COMM_ALLREDUCE, schema.KIND_COMM, now - 5_000_000, now, 102_228_128, step=i)
             time.sleep(max(0.0, t0 + (i + 1) / steps_per_s - time.perf_counter()))
     wall = time.perf_counter() - t0
     files = list((out / "storage").rglob("*.parquet"))

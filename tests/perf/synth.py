@@ -6,6 +6,8 @@ data_wait/h2d/forward/backward/optimizer phases and one allreduce per step,
 10 Hz samples (process and GPU metrics on every rank, host metrics on each host's
 local rank 0), and a memory row per step: about 70 million rows for 64 ranks. Files are laid out as the writer
 leaves them after compaction (one range file per table per ``--file-minutes``).
+Each table's columns are its row type (``tbdprof.schema``) holding numpy arrays,
+converted to Arrow by the writer's own ``columns_to_table``.
 """
 
 from __future__ import annotations
@@ -15,19 +17,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tbdprof import schema, store
-from tbdprof.writer import PARQUET_OPTIONS
+from tbdprof.writer import PARQUET_OPTIONS, columns_to_table
 
 T0_NS = 1_780_000_000_000_000_000  # a fixed epoch: same bytes on every run
 PHASES = (("data_wait", 0.05), ("h2d", 0.02), ("forward", 0.30), ("backward", 0.45), ("optimizer", 0.08))
 GRAD_BYTES = 25_557_032 * 4
-
-
-def _dict(values: np.ndarray) -> pa.DictionaryArray:
-    return pa.array(values, type=pa.string()).dictionary_encode()
 
 
 def _spans(rng, rank, first_step, n_steps, step_ns):
@@ -35,15 +32,12 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
     jitter = rng.normal(1.0, 0.03, n_steps).clip(0.8, 1.5)
     dur = (step_ns * jitter).astype(np.int64)
     starts = T0_NS + steps * step_ns
-    names = schema.TABLES[schema.SPANS].names
-    cols: dict[str, list] = {k: [] for k in names}
+    rows = []
 
-    def add(name, kind, s, e, nbytes=None, items=None):
-        values = {"step": steps, "name": np.full(n_steps, name, dtype=object), "kind": np.full(n_steps, kind, dtype=object),
-                  "start_ns": s, "end_ns": e, "bytes": nbytes, "items": items, "units": None}  # samples, not tokens
-        for k in names:
-            v = values[k]
-            cols[k].append(v if isinstance(v, np.ndarray) else np.full(n_steps, v, dtype=object if v is None else None))
+    def add(name, kind, s, e, nbytes=None, items=None):  # units stay null: counted in samples, not tokens
+        row = schema.SpanRow(steps, name, kind, s, e, nbytes, items)
+        rows.append([v if isinstance(v, np.ndarray) else np.full(n_steps, v, dtype=None if isinstance(v, int) else object)
+                     for v in row])
 
     add("step", schema.KIND_STEP, starts, starts + dur, items=32)
     t = starts.copy()
@@ -55,9 +49,7 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
             bwd = (t, e)
         t = e
     add(schema.COMM_ALLREDUCE, schema.KIND_COMM, bwd[0] + (bwd[1] - bwd[0]) // 3, bwd[1], nbytes=GRAD_BYTES)
-    spans = schema.TABLES[schema.SPANS]
-    return [_dict(np.concatenate(cols[k])) if pa.types.is_dictionary(spans.field(k).type)
-            else pa.array(np.concatenate(cols[k]), spans.field(k).type) for k in names]
+    return schema.SpanRow(*(np.concatenate(col) for col in zip(*rows)))
 
 
 def _samples(rng, local: int, first_tick, n_ticks, tick_ns, cores: int, nics: tuple[str, ...]):
@@ -101,12 +93,11 @@ def _samples(rng, local: int, first_tick, n_ticks, tick_ns, cores: int, nics: tu
         series.append(("disk.read_bytes", "nvme0n1", growth * 4.9e6 * 8))
         series.append(("disk.write_bytes", "nvme0n1", growth * 1e4))
     n = len(series)
-    return [
-        pa.array(np.tile(ts, n), pa.int64()),
-        _dict(np.repeat(np.array([m for m, _, _ in series], dtype=object), n_ticks)),
-        _dict(np.repeat(np.array([d for _, d, _ in series], dtype=object), n_ticks)),
-        pa.array(np.concatenate([v for _, _, v in series]), pa.float64()),
-    ]
+    return schema.SampleRow(
+        ts_ns=np.tile(ts, n),
+        metric=np.repeat(np.array([m for m, _, _ in series], dtype=object), n_ticks),
+        device=np.repeat(np.array([d for _, d, _ in series], dtype=object), n_ticks),
+        value=np.concatenate([v for _, _, v in series]))
 
 
 def _memory(rng, first_step, n_steps, step_ns):
@@ -115,13 +106,9 @@ def _memory(rng, first_step, n_steps, step_ns):
     act = (rng.normal(5.2e9, 1e7, n_steps)).astype(np.int64)
     other = np.full(n_steps, 400_000_000, dtype=np.int64)
     total = 3 * w + act + other
-    return [
-        pa.array(steps, pa.int64()),
-        pa.array(T0_NS + (steps + 1) * step_ns, pa.int64()),
-        _dict(np.full(n_steps, "cuda:0", dtype=object)),
-        pa.array(w), pa.array(w), pa.array(2 * w), pa.array(act), pa.array(other), pa.array(total),
-        pa.array(total + 100_000_000),
-    ]
+    return schema.MemoryRow(
+        step=steps, ts_ns=T0_NS + (steps + 1) * step_ns, device=np.full(n_steps, "cuda:0", dtype=object), weights=w,
+        gradients=w, optimizer_state=2 * w, activations=act, other=other, total=total, peak=total + 100_000_000)
 
 
 def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int = 8, steps_per_s: float = 10.0,
@@ -152,10 +139,10 @@ def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int
                 schema.SAMPLES: _samples(rng, local, first_tick, n_ticks, tick_ns, 16, ("eth0", "ib0")),
                 schema.MEMORY: _memory(rng, first_step, n_steps, step_ns),
             }
-            for table, arrays in parts.items():
+            for table, columns in parts.items():
                 sch = schema.table_schema(table, run_id, rank, host)
                 name = store.segment_name(table, i * 100 + 1, i * 100 + 100)
-                pq.write_table(pa.Table.from_arrays(arrays, schema=sch), rdir / name, **PARQUET_OPTIONS)
+                pq.write_table(columns_to_table(table, columns, sch), rdir / name, **PARQUET_OPTIONS)
         store.write_json_atomic(rdir / schema.RANK_FILE, {
             "schema_version": schema.SCHEMA_VERSION, "run_id": run_id, "rank": rank, "world_size": ranks,
             "local_rank": local, "local_world_size": ranks_per_host, "launcher": "synthetic", "host": host,

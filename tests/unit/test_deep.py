@@ -177,11 +177,20 @@ def test_trace_chooses_one_step_ahead_of_the_most_advanced_rank():
     assert choose_first(slow, now) == (3 + MIN_MARGIN, MIN_MARGIN)
 
 
-def test_anomaly_watch_needs_consecutive_slow_steps_and_keeps_a_budget():
-    assert deep.anomaly_config("", "") is None and deep.anomaly_config("1.5x3", "") == (1.5, 3, deep.DEFAULT_ANOMALY_PER_HOUR)
+def test_anomaly_watch_is_on_by_default_needs_consecutive_slow_steps_and_keeps_a_budget(monkeypatch):
+    monkeypatch.delenv(deep.ENV_DEEP_ANOMALY, raising=False)
+    assert deep.anomaly_config("", "") == (1.5, 5, deep.DEFAULT_ANOMALY_PER_HOUR) == deep.anomaly_setting(None)
+    assert deep.anomaly_config("off", "") is None and deep.anomaly_setting(False) is None
+    assert deep.anomaly_config("1.5x3", "") == (1.5, 3, deep.DEFAULT_ANOMALY_PER_HOUR) == deep.anomaly_setting("1.5x3")
     for bad in (("1.0x3", ""), ("2x0", ""), ("fast", ""), ("1.5x3", "0")):
         with pytest.raises(ValueError):
             deep.anomaly_config(*bad)
+    monkeypatch.setenv(deep.ENV_DEEP_ANOMALY, "off")
+    assert deep.anomaly_setting(None) is None and deep.anomaly_setting("2x4")[:2] == (2.0, 4)
+    monkeypatch.setenv(deep.ENV_DEEP_ANOMALY, "fast")  # a bad environment: no watch, the training goes on
+    assert deep.anomaly_setting(None) is None
+    with pytest.raises(ValueError):
+        tbdprof.Profiler(deep_anomaly="fast")  # a bad argument is the script's own error
     an = deep._Anomaly(1.5, 3, 2)
     t, fired = 0, []
 
@@ -198,4 +207,24 @@ def test_anomaly_watch_needs_consecutive_slow_steps_and_keeps_a_budget():
     steps([20] * 10, 36)  # a slowdown: fires once (at its third step), not again while it lasts
     assert fired == [38]
     steps([10] * 5 + [20] * 3 + [10] * 5 + [20] * 3, 46)  # two more episodes; the budget (2 an hour) takes one
-    assert fired == [38, 53]
+    assert fired == [38, 53] and an.over_budget == 1
+    bytes_spent = deep._Anomaly(1.5, 3, 10)  # windows left, bytes spent: none either
+    bytes_spent.wrote(deep.ANOMALY_BYTES_PER_HOUR)
+    an, fired = bytes_spent, []
+    steps([10] * 30 + [20] * 3, 100)
+    assert fired == [] and an.over_budget == 1
+
+
+def test_kernel_kinds_and_copy_bytes_from_kinetos_formats(tmp_path):
+    # the GPU path itself runs in tests/gpu/test_gpu_kernels.py; here, what it reads from Kineto's records
+    assert deep._kernel_kind("kernel", "ampere_sgemm_128x64_nn") == "kernel"
+    assert deep._kernel_kind("gpu_memcpy", "Memcpy HtoD (Pageable -> Device)") == "memcpy"
+    assert deep._kernel_kind("gpu_memset", "Memset (Device)") == "memset"
+    assert deep._kernel_kind("gpu_user_annotation", "module: layer1") is None
+    meta = '\n      "device": 0, "context": 1,\n      "stream": 7, "correlation": 42,\n      "bytes": 65536, "memory bandwidth (GB/s)": 3.2'
+    assert deep._meta_bytes(meta) == 65536 and deep._meta_bytes("") is None
+    trace = tmp_path / "t.pt.trace.json.gz"
+    with gzip.open(trace, "wt") as f:
+        json.dump({"traceEvents": [{"cat": "gpu_memcpy", "args": {"correlation": 42, "bytes": 512}},
+                                   {"cat": "kernel", "args": {"correlation": 43}}]}, f)
+    assert deep._trace_bytes(trace) == {42: 512} and deep._trace_bytes(tmp_path / "none.gz") == {}

@@ -235,7 +235,7 @@ class FakeEvents:
 
 def _pending():
     spans = []
-    return cuda.CudaPending(lambda *row: spans.append(row), events=FakeEvents()), spans
+    return cuda.CudaPending(spans.append, events=FakeEvents()), spans
 
 
 def test_spans_are_placed_through_the_anchor_and_wait_for_their_events():
@@ -252,7 +252,7 @@ def test_spans_are_placed_through_the_anchor_and_wait_for_their_events():
         ev.done = True
     p.resolve()
     t = begun[0][0]
-    assert spans == [(3, "h2d", schema.KIND_PHASE, t + 500_000, t + 2_500_000, None, None)]
+    assert spans == [schema.SpanRow(3, "h2d", schema.KIND_PHASE, t + 500_000, t + 2_500_000)]
     assert not p.items
 
 

@@ -55,7 +55,7 @@ def test_truncated_file_keeps_complete_records_and_reports_the_rest():
 def test_ingest_writes_a_spans_segment_with_steps_from_rank0(tmp_path):
     rdir = store.rank_dir(tmp_path, "node0", 0)
     rdir.mkdir(parents=True)
-    step = (0, schema.KIND_STEP, schema.KIND_STEP, (ORIGIN_US + 90) * 1000, (ORIGIN_US + 300) * 1000, None, 8)
+    step = schema.SpanRow(0, schema.KIND_STEP, schema.KIND_STEP, (ORIGIN_US + 90) * 1000, (ORIGIN_US + 300) * 1000, items=8)
     meta = schema.table_schema(schema.SPANS, tmp_path.name, 0, "node0")
     pq.write_table(rows_to_table(schema.SPANS, [step], meta), rdir / store.segment_name(schema.SPANS, 1))
     (tmp_path / "timeline.json").write_text(TIMELINE)

@@ -14,23 +14,25 @@ def _schemas():
 
 
 def _span(i):
-    return (i, "forward", schema.KIND_PHASE, 1000 * i, 1000 * i + 500, None, None)
+    return schema.SpanRow(i, "forward", schema.KIND_PHASE, 1000 * i, 1000 * i + 500)
 
 
 def test_rows_to_table_matches_schema_and_metadata():
-    table = rows_to_table(schema.SPANS, [_span(0), (1, "allreduce", "comm", 5, 9, 4096, None)], _schemas()[schema.SPANS])
+    rows = [_span(0), schema.SpanRow(1, "step", schema.KIND_STEP, 5, 9, items=4, units=96)]
+    table = rows_to_table(schema.SPANS, rows, _schemas()[schema.SPANS])
     assert table.schema.names == schema.TABLES[schema.SPANS].names
-    assert table.column("bytes").to_pylist() == [None, 4096]
+    assert table.column("items").to_pylist() == [None, 4] and table.column("units").to_pylist() == [None, 96]
+    assert table.to_pylist()[1] == rows[1]._asdict()
     assert table.schema.metadata[schema.META_SCHEMA_VERSION] == str(schema.SCHEMA_VERSION).encode()
 
 
 def test_each_flush_writes_one_new_segment_per_nonempty_table(tmp_path):
     buf = Buffers()
     w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60)
-    buf.tables[schema.SPANS].extend(_span(i) for i in range(10))
+    buf.queues[schema.SpanRow].extend(_span(i) for i in range(10))
     w.flush()
-    buf.tables[schema.SPANS].append(_span(10))
-    buf.tables[schema.SAMPLES].append((1, "cpu.system_pct", "", 5.0))
+    buf.queues[schema.SpanRow].append(_span(10))
+    buf.queues[schema.SampleRow].append(schema.SampleRow(1, "cpu.system_pct", "", 5.0))
     w.flush()
     w.flush()  # nothing buffered: no empty files
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -44,14 +46,14 @@ def test_thread_flushes_periodically_and_on_stop(tmp_path):
     buf = Buffers()
     w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=0.05)
     w.start()
-    buf.tables[schema.SPANS].append(_span(1))
+    buf.queues[schema.SpanRow].append(_span(1))
     for _ in range(100):
         if list(tmp_path.glob("spans-*.parquet")):
             break
         import time
 
         time.sleep(0.02)
-    buf.tables[schema.SPANS].append(_span(2))
+    buf.queues[schema.SpanRow].append(_span(2))
     w.stop()
     total = sum(pq.read_table(p).num_rows for p in tmp_path.glob("spans-*.parquet"))
     assert total == 2
@@ -65,31 +67,33 @@ def test_unwritable_folder_stops_recording_with_one_warning(tmp_path, caplog):
     w = SegmentWriter(target, buf, _schemas(), interval_s=60)
     target.rmdir()
     with caplog.at_level(logging.WARNING, logger="tbdprof"):
-        buf.tables[schema.SPANS].append(_span(1))
+        buf.queues[schema.SpanRow].append(_span(1))
         w.flush()
-        buf.tables[schema.SPANS].append(_span(2))
+        buf.queues[schema.SpanRow].append(_span(2))
         w.flush()
     warnings = [r for r in caplog.records if "recording stopped" in r.getMessage()]
     assert len(warnings) == 1
     assert w.failed and w.rows_dropped == 2
-    assert len(buf.tables[schema.SPANS]) == 0  # drained, so memory does not grow
+    assert len(buf.queues[schema.SpanRow]) == 0  # drained, so memory does not grow
 
 
 def test_bad_rows_fail_the_writer_not_the_caller(tmp_path):
     buf = Buffers()
     w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60)
-    buf.tables[schema.SPANS].append(("not-an-int", "x", "phase", 1, 2, None, None))
+    buf.queues[schema.SpanRow].append(schema.SpanRow("not-an-int", "x", "phase", 1, 2))
     w.flush()
     assert w.failed
     with pytest.raises(Exception):
-        rows_to_table(schema.SPANS, [("x", "x", "phase", 1, 2, None, None)], _schemas()[schema.SPANS])
+        rows_to_table(schema.SPANS, [schema.SpanRow("x", "x", "phase", 1, 2)], _schemas()[schema.SPANS])
+    with pytest.raises(TypeError):  # a bare tuple, even one of the right length
+        rows_to_table(schema.SPANS, [_span(0), (1, "x", "phase", 1, 2, None, None, None)], _schemas()[schema.SPANS])
 
 
 def test_segments_are_compacted_into_range_files(tmp_path):
     buf = Buffers()
     w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60, compact_every=3)
     for i in range(7):
-        buf.tables[schema.SPANS].append(_span(i))
+        buf.queues[schema.SpanRow].append(_span(i))
         w.flush()
     names = sorted(p.name for p in tmp_path.glob("spans-*"))
     assert names == ["spans-000001-000003.parquet", "spans-000004-000006.parquet", "spans-000007.parquet"]

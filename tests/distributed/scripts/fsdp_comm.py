@@ -153,7 +153,7 @@ def run_mesh(rank, world, steps, spec, logs):
     res["is_fsdp"] = [is_fsdp_model(m), is_fsdp_model(m.l1), is_fsdp_model(MLP()), is_fsdp_model(object())]
     spans, windows, cur = [], {}, [-1]
     before = comm_state(m)
-    sink = lambda *row: spans.append(row)  # noqa: E731
+    sink = spans.append
     with GroundTruth() as truth:
         comm = FsdpComm(m, sink, lambda: cur[0], CudaPending(sink))
         res["groups"] = comm.groups
@@ -179,10 +179,10 @@ def run_mesh(rank, world, steps, spec, logs):
     def bad_step():
         raise RuntimeError("step boom")
 
-    def bad_sink(*row):
+    def bad_sink(row):
         raise RuntimeError("sink boom")
 
-    for key, sink, step in (("c", lambda *row: spans.append(row), bad_step), ("d", bad_sink, lambda: cur[0])):
+    for key, sink, step in (("c", spans.append, bad_step), ("d", bad_sink, lambda: cur[0])):
         del logs.messages[:]
         m, opt, _ = build(mesh)
         n_spans = len(spans)

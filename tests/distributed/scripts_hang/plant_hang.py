@@ -3,7 +3,7 @@
 --mode getitem: the rank's dataset sleeps forever in __getitem__ (in its DataLoader worker) at --at;
 --mode kill: the rank SIGKILLs itself at step --at; --mode skip: the rank skips the step's backward
 (its allreduce) and waits in a barrier instead, so the others deadlock in allreduce; --mode slow: one
-step of --slow-s on the rank, then healthy (no hang). --manual: plain dist.all_reduce of the gradients
+step of --slow-s on the rank (and again --again steps later), then healthy. --manual: plain dist.all_reduce of the gradients
 called by the script instead of DDP.
 """
 
@@ -23,6 +23,7 @@ p.add_argument("--rank", type=int, default=1)
 p.add_argument("--at", type=int, default=6)
 p.add_argument("--steps", type=int, default=30)
 p.add_argument("--slow-s", type=float, default=1.5)
+p.add_argument("--again", type=int, default=0)
 p.add_argument("--workers", type=int, default=1)
 p.add_argument("--manual", action="store_true")
 args = p.parse_args()
@@ -51,11 +52,10 @@ if not args.manual:
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 loader = DataLoader(Data(), batch_size=BATCH, num_workers=args.workers)
 for step, (x, y) in enumerate(loader):
-    if rank == args.rank and step == args.at:
-        if args.mode == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if args.mode == "slow":
-            time.sleep(args.slow_s)
+    if rank == args.rank and step == args.at and args.mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if rank == args.rank and args.mode == "slow" and (step == args.at or (args.again and step == args.at + args.again)):
+        time.sleep(args.slow_s)
     opt.zero_grad()
     loss = F.cross_entropy(model(x), y)
     if args.mode == "skip" and rank == args.rank and step == args.at:
