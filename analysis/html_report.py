@@ -15,6 +15,7 @@ from tbdprof import schema
 from . import plots
 from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_note
 from .gpu import GPU_TABLE_HEADER, gpu_table_rows
+from .cost import cost_line
 from .coverage import coverage_lines
 from .load import Run
 from .steps import step_series
@@ -86,6 +87,8 @@ def _overview(summary: dict) -> list[str]:
     notes += [n for n in [stopped_ranks_note(summary)] if n]
     out += [f'<p class="note">{_esc(p)}</p>' for p in notes]
     out.append("".join(f'<div class="kpi">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in kpis))
+    if (line := cost_line(summary.get("profiling_cost"))) is not None:
+        out.append(f'<p class="cost">{_esc(line)}</p>')  # the terminal's line: what the recording cost
     return out
 
 

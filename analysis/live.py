@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tbdprof import clock, schema, store
 
-from .load import RunError
+from .load import run_folder
 
 STALE_UPDATES = 3
 STALE_MARGIN_S = 1.0
@@ -39,11 +39,7 @@ def _alive(pid) -> bool | None:
 
 def rank_status(run_dir: str | Path) -> list[dict]:
     """One dict per rank folder: rank, host, state, step, phase, since_progress_s, hang, where."""
-    path = Path(run_dir)
-    if not path.exists():
-        raise RunError(f"{path}: no such folder")
-    if not store.is_run_dir(path):
-        raise RunError(f"{path}: not a tbdprof run (no {schema.RUN_FILE} and no host=*/rank=* folders)")
+    path = run_folder(run_dir)
     now = clock.now_ns()
     here = store.safe_host(socket.gethostname())
     out = []

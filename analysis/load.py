@@ -114,16 +114,22 @@ def _schema_problem(path: Path, table: str, md, optional) -> str | None:
     return None
 
 
-def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
-    """Load a run folder. Raises :class:`RunError` when nothing in it is readable.
-
-    ``skip`` maps segment paths to leave out to the reason listed in ``problems``.
-    """
+def run_folder(path: str | Path) -> Path:
+    """``path`` as a Path; :class:`RunError` when it is no run folder."""
     path = Path(path)
     if not path.exists():
         raise RunError(f"{path}: no such folder")
     if not store.is_run_dir(path):
         raise RunError(f"{path}: not a tbdprof run (no {schema.RUN_FILE} and no host=*/rank=* folders)")
+    return path
+
+
+def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
+    """Load a run folder. Raises :class:`RunError` when nothing in it is readable.
+
+    ``skip`` maps segment paths to leave out to the reason listed in ``problems``.
+    """
+    path = run_folder(path)
     problems: list[str] = []
     meta: dict = {}
     if (path / schema.RUN_FILE).is_file():

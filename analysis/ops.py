@@ -124,7 +124,7 @@ def _window_steps(run: load.Run) -> tuple[int, float | None]:
     """(rank-steps in windows, mean window step in ns) over all ranks."""
     n, total = run.sql(
         "SELECT count(*), sum(s.end_ns - s.start_ns) FROM spans_all s JOIN (SELECT DISTINCT rank, step FROM ops) w "
-        f"USING (rank, step) WHERE s.kind = '{schema.KIND_STEP}'")[0]
+        "USING (rank, step) WHERE s.kind = ?", [schema.KIND_STEP])[0]
     if not n:  # no step spans for the window steps (a recording cut short): count the steps the ops name
         n = run.sql("SELECT count(*) FROM (SELECT DISTINCT rank, step FROM ops)")[0][0]
         return n, None
@@ -162,7 +162,7 @@ def report_section(run: load.Run) -> dict | None:
             d["layers"][module] = d["layers"].get(module, 0) + ns
     phase_ns = dict(run.sql(
         "SELECT s.name, sum(s.end_ns - s.start_ns) FROM spans_all s JOIN (SELECT DISTINCT rank, step FROM ops) w "
-        f"USING (rank, step) WHERE s.kind = '{schema.KIND_PHASE}' GROUP BY 1"))
+        "USING (rank, step) WHERE s.kind = ? GROUP BY 1", [schema.KIND_PHASE]))
     n = max(1, n)
 
     def top(d: dict[str, float], key: str) -> list[dict]:

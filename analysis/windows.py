@@ -80,15 +80,15 @@ def window_cost(run) -> dict:
            "extra_fraction": None, **{k: (sum(v) / len(v) if v else None) for k, v in calls.items()}}
     if not rows:
         return out
-    excl = " OR ".join(f"(s.rank = {int(r)} AND s.step BETWEEN {a} AND {b})"
-                       for r, m in run.ranks.items() for a, b in excluded_ranges(m)) or "false"
+    # inside: the window's own steps; around: steady steps (after warm-up, outside every window) near it
     inside, around = run.sql(
         f"WITH w(rank, id, a, b) AS (VALUES {', '.join(rows)}), "
-        f"s AS (SELECT rank, step, end_ns - start_ns AS d FROM spans_all WHERE kind = '{schema.KIND_STEP}'), "
-        "x AS (SELECT w.rank, w.id, s.step BETWEEN w.a AND w.b AS inside, s.d FROM w JOIN s ON s.rank = w.rank "
-        f"AND s.step BETWEEN w.a - {NEIGHBOURS} AND w.b + {NEIGHBOURS} "
-        f"WHERE (s.step BETWEEN w.a AND w.b) OR (s.step >= {int(run.warmup_steps)} AND NOT ({excl}))) "
-        "SELECT avg(d) FILTER (WHERE inside), median(d) FILTER (WHERE NOT inside) FROM x")[0]
+        "x AS (SELECT true AS inside, s.end_ns - s.start_ns AS d FROM w JOIN spans_all s ON s.rank = w.rank "
+        "AND s.kind = ? AND s.step BETWEEN w.a AND w.b "
+        "UNION ALL SELECT false, s.end_ns - s.start_ns FROM w JOIN steady_steps s ON s.rank = w.rank "
+        "AND s.step BETWEEN w.a - ? AND w.b + ?) "
+        "SELECT avg(d) FILTER (WHERE inside), median(d) FILTER (WHERE NOT inside) FROM x",
+        [schema.KIND_STEP, NEIGHBOURS, NEIGHBOURS])[0]
     if inside is not None:
         out["window_step_ms"] = inside / 1e6
     if around is not None:

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 import tbdprof
-from tbdprof import autoprofile, clock, deep, ranks, schema, store
+from tbdprof import autoprofile, clock, deep, exits, ranks, schema, store
 from tbdprof.profiler import Profiler
 from tbdprof.samplers import default_samplers
 from tbdprof.samplers.system import ProcessSampler
@@ -150,6 +150,19 @@ def _wait(child: subprocess.Popen) -> int:
     return child.returncode
 
 
+def _record_signal(run_dir: Path, pid: int, returncode: int) -> None:
+    """A signal ended the command, which was itself a rank (``python train.py``): say so for that rank, which
+    could not (tbdprof.exits)."""
+    for path in run_dir.glob(f"host=*/rank=*/{schema.RANK_FILE}"):
+        try:
+            meta = store.read_json(path)
+        except (OSError, ValueError):
+            continue
+        if meta.get("pid") == pid and isinstance(meta.get("rank"), int):
+            exits.write_exits(run_dir, "tbdprof profile", {meta["rank"]: {"exit_code": returncode, "pid": pid,
+                                                                          "seen_ns": clock.now_ns()}})
+
+
 def _profile_run_dir(out: str, run_id: str | None, info: ranks.RankInfo) -> Path:
     """A new run folder; under srun (one ``tbdprof profile`` per task) the tasks share one."""
     if info.world_size == 1:
@@ -224,11 +237,14 @@ def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: flo
             return EXIT_NOT_EXECUTABLE
         monitor = Monitor(run_dir, child.pid, sample_hz, flush_s, command)
         monitor.start()
-        code = exit_status(_wait(child))
+        returncode = _wait(child)
+        code = exit_status(returncode)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     status = "complete" if code == 0 else "terminated" if code > 128 else "failed"
+    if returncode < 0:
+        _record_signal(run_dir, child.pid, returncode)
     promoted = monitor.finish(status)
     recorded = len(list(run_dir.glob(f"host=*/rank=*/{schema.RANK_FILE}")))
     if lead:

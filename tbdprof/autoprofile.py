@@ -247,9 +247,13 @@ class AutoRecorder:
         finally:
             self.module_calls = calls
 
-    def _cost(self) -> dict:
-        """This recorder's entries of the profiler's cost account (tbdprof.cost)."""
-        hooks = {"events": self.module_calls, "timed_s": self.hook_ns / 1e9}
+    def _cost(self, comps: dict) -> dict:
+        """This recorder's entries of the profiler's cost account (tbdprof.cost). The hooks end the steps: their
+        time holds the steps' rows, the phase spans and the memory rows, which the account then counts once."""
+        memory_rows_s = comps.get("memory_breakdown", {}).get("rows_s", 0.0)
+        hooks = {"events": self.module_calls, "timed_s": self.hook_ns / 1e9,
+                 "inside": {"spans": {"events": self.steps.spans_recorded}, "steps": {"events": self.prof.step_index + 1},
+                            "memory_breakdown": {"timed_s": memory_rows_s}}}
         if self._handles and not self.off and self._top is None:
             hooks["per_event_us"] = self._module_hook_cost_s() * 1e6
         else:

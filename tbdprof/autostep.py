@@ -60,6 +60,7 @@ class AutoSteps:
         self.model = None  # the trained module of the last training forward
         self.steps_ignored = 0  # optimizer steps with no training work before them
         self.steps_skipped = 0  # steps whose optimizer step a GradScaler skipped
+        self.spans_recorded = 0  # spans handed to the Profiler from inside the hooks (steps, phases, eval marks)
 
     def _emit(self, name: str, start: int, end: int) -> None:
         self._spans.append((name, start, end))
@@ -75,6 +76,7 @@ class AutoSteps:
         start = now if last_end is None else last_end
         if self._eval is not None:
             self._mark_eval()
+            self.spans_recorded += 1
             start = max(start, self._eval[1])
             self._spans = [s for s in self._spans if s[1] >= start]
             # the pass's own batches came after the last step; a look-ahead batch fetched during it stays
@@ -117,7 +119,7 @@ class AutoSteps:
 
     def optimizer_begin(self, optimizer, args: tuple, kwargs: dict):
         """``optimizer.step`` starts; returns the (args, kwargs) to call it with when a closure must be timed."""
-        timed = time_closure(args, kwargs, lambda: self._begin_optimizer(optimizer))
+        timed = time_closure(args, kwargs, lambda: self._begin_optimizer(optimizer)) if len(args) > 1 or kwargs else None
         if timed is None:
             self._begin_optimizer(optimizer)
         return timed
@@ -156,6 +158,7 @@ class AutoSteps:
         step = prof.step_index
         for name, start, end in self._spans:
             prof.add_span(name, schema.KIND_PHASE, start, end, step=step)
+        self.spans_recorded += len(self._spans) + 1  # and the step's own row
         self._spans = []
         self._trained = False
         prof.end_step(end_ns=now)

@@ -14,6 +14,12 @@ the sum of:
 - **saved tensors** packed by the memory breakdown, counted, times the
   calibrated cost of one saved tensor (pack and unpack hooks through autograd).
 
+Each part is counted once: an entry whose timed time holds work another
+component counts says so (``inside``), and that work is taken out of the
+other component. The zero-code hooks end the steps, so their time holds the
+steps' rows, the phase spans they record and the memory rows taken as the
+steps end.
+
 Its threads report their own CPU clocks (``time.thread_time``): the sampler
 and the writer while the run goes on (the writer's final flush and compaction,
 on the closing thread after training, apart as ``writer_final_cpu_s``). Bytes written are the rank folder's size after the final
@@ -128,9 +134,21 @@ def folder_bytes(path: Path | None) -> int:
     return total
 
 
+def _count_once(comps: dict) -> None:
+    """Take out of each component what another entry's timed time already holds: that entry's ``inside``,
+    ``{component: {"events": n} or {"timed_s": s}}``."""
+    for entry in comps.values():
+        for name, part in entry.pop("inside", {}).items():
+            other = comps.get(name)
+            for key, value in part.items() if other is not None else ():
+                if key in other:
+                    other[key] = max(0, other[key] - value)
+
+
 class CostAccount:
-    """One Profiler's account. ``sources`` are callables returning ``{component: entry}`` at close, where an
-    entry has ``events`` and ``per_event_us`` (calibrated) and/or ``timed_s`` (measured directly)."""
+    """One Profiler's account. ``sources`` are callables called at close with the components counted so far
+    and returning ``{component: entry}``, where an entry has ``events`` and ``per_event_us`` (calibrated)
+    and/or ``timed_s`` (measured directly), and optionally ``inside`` (see :func:`_count_once`)."""
 
     def __init__(self):
         self.sources: list[Callable[[], dict]] = []
@@ -149,6 +167,7 @@ class CostAccount:
             comps.setdefault("memory_breakdown", {"events": 0, "timed_s": 0.0})
             entry = comps["memory_breakdown"]
             entry["timed_s"] += t.timed_ns / 1e9
+            entry["rows_s"] = entry.get("rows_s", 0.0) + t.row_ns / 1e9  # part of timed_s: rows taken at step ends
             entry["events"] += t.packed
             if t.packed and "per_event_us" not in entry:
                 try:
@@ -158,9 +177,10 @@ class CostAccount:
             entry["measured_steps"] = entry.get("measured_steps", 0) + t.measured_steps
         for source in self.sources:
             try:
-                comps.update(source())
+                comps.update(source(comps))
             except Exception as e:  # noqa: BLE001
                 comps["calibration_error"] = {"error": f"{e.__class__.__name__}: {e}"}
+        _count_once(comps)
         for entry in comps.values():
             if "error" in entry and len(entry) == 1:
                 continue

@@ -9,8 +9,9 @@ worker failed; torchrun's own error file stays empty for a worker killed by
 a signal, it has no traceback to write), the hook writes the failures it
 carries, per global rank: exit code (-N: signal N), pid, the time torchrun noticed,
 into ``exits-HOST-PID.json`` in the run folder (one file per agent: one per
-host). Analysis reads them beside ``run.json``'s ``exit_codes``, which
-tbdprof's own launchers write.
+host). ``tbdprof profile`` writes one too when the command it started was
+itself the rank (``python train.py``) and a signal ended it. Analysis reads
+them beside ``run.json``'s ``exit_codes``, which tbdprof's own launchers write.
 """
 
 from __future__ import annotations
@@ -22,18 +23,23 @@ import sys
 from . import schema, store
 
 
+def write_exits(run_dir: str | os.PathLike, launcher: str, ranks: dict[int, dict]) -> None:
+    """``ranks`` (global rank -> ``exit_code``, ``pid``, ``local_rank``, ``seen_ns``) as this process's file."""
+    host = socket.gethostname()
+    name = f"{schema.EXITS_PREFIX}{store.safe_host(host)}-{os.getpid()}.json"
+    store.write_json_atomic(os.path.join(run_dir, name),
+                            {"launcher": launcher, "host": host, "ranks": {str(r): v for r, v in ranks.items()}})
+
+
 def write_failures(run_dir: str | os.PathLike, launcher: str, failures: dict) -> None:
     """``failures`` (global rank -> torchrun's ``ProcessFailure``) into the run folder."""
     ranks = {}
     for rank, f in failures.items():
-        code = getattr(f, "exitcode", None)
         ts = getattr(f, "timestamp", None)
-        ranks[str(rank)] = {"exit_code": code, "pid": getattr(f, "pid", None),
-                            "local_rank": getattr(f, "local_rank", None),
-                            "seen_ns": int(ts * 1e9) if isinstance(ts, (int, float)) else None}
-    host = socket.gethostname()
-    name = f"{schema.EXITS_PREFIX}{store.safe_host(host)}-{os.getpid()}.json"
-    store.write_json_atomic(os.path.join(run_dir, name), {"launcher": launcher, "host": host, "ranks": ranks})
+        ranks[rank] = {"exit_code": getattr(f, "exitcode", None), "pid": getattr(f, "pid", None),
+                       "local_rank": getattr(f, "local_rank", None),
+                       "seen_ns": int(ts * 1e9) if isinstance(ts, (int, float)) else None}
+    write_exits(run_dir, launcher, ranks)
 
 
 def watch_torchrun(run_dir: str | None) -> None:

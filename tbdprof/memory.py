@@ -16,6 +16,7 @@ import time
 import torch
 
 from . import clock
+from .hooks import CopySafeHook
 from .schema import MemoryRow
 
 _ns = time.perf_counter_ns
@@ -79,11 +80,12 @@ class MemoryTracker:
         self._opt_state: int | None = None
         # the profiler's own cost (tbdprof.cost): hook bodies timed directly, saved tensors counted
         self.timed_ns = 0
+        self.row_ns = 0  # the part of timed_ns taking rows, at step ends (inside the zero-code hooks' own time)
         self.packed = 0
         self.measured_steps = 0
         self._handles = [
-            model.register_forward_pre_hook(self._fwd_pre),
-            model.register_forward_hook(self._fwd_post),
+            model.register_forward_pre_hook(CopySafeHook(self._fwd_pre)),  # deepcopy(model) copies no tracker
+            model.register_forward_hook(CopySafeHook(self._fwd_post)),
         ]
         # Gradients are measured as an optimizer starts (a loop may zero them
         # right after), optimizer state as it ends (it is created lazily).
@@ -177,7 +179,9 @@ class MemoryTracker:
         t0 = _ns()
         self.measured_step = None
         row = self.row(step)
-        self.timed_ns += _ns() - t0
+        dt = _ns() - t0
+        self.timed_ns += dt
+        self.row_ns += dt
         return row
 
     def row(self, step: int) -> MemoryRow:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from . import schema
+from .hooks import CopySafeHook
 from .phases import PhaseTracker, time_closure
 from .profiler import Profiler, _batch_items
 
@@ -37,8 +38,8 @@ class Instrumentation:
         self._training = False  # the model's forward in progress has gradients enabled
         inner = getattr(model, "module", model)
         self._handles = [
-            inner.register_forward_pre_hook(self._fwd_pre),
-            inner.register_forward_hook(self._fwd_post),
+            inner.register_forward_pre_hook(CopySafeHook(self._fwd_pre)),  # deepcopy(model) copies no profiler
+            inner.register_forward_hook(CopySafeHook(self._fwd_post)),
             optimizer.register_step_pre_hook(self._opt_pre),
             optimizer.register_step_post_hook(self._opt_post),
         ]

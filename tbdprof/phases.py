@@ -44,7 +44,7 @@ def output_tensors(obj, limit: int = _MAX_OUTPUT_TENSORS) -> list:
     stack = [obj]
     while stack and len(found) < limit:
         o = stack.pop()
-        if torch.is_tensor(o):
+        if isinstance(o, torch.Tensor):  # torch.is_tensor's own test, without its Python frame
             if o.requires_grad:
                 found.append(o)
         elif isinstance(o, dict):
@@ -136,7 +136,11 @@ class PhaseTracker:
         if not tensors or not torch.is_grad_enabled():
             return
         if len(tensors) == 1:  # the common case, at half the cost of a multi-tensor hook
-            tensors[0].register_hook(self._backward_reached)
+            node = tensors[0].grad_fn  # a pre-hook on the node that made it: no Python handle object per forward
+            if node is not None:
+                node.register_prehook(self._backward_reached)
+            else:
+                tensors[0].register_hook(self._backward_reached)
         else:
             torch.autograd.graph.register_multi_grad_hook(tensors, self._backward_reached, mode="any")
 

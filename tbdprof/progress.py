@@ -1,7 +1,7 @@
 """Progress watch: notice when a rank's training stops moving, and say where it is.
 
 A :class:`ProgressWatch` thread, owned by the :class:`~tbdprof.Profiler`, learns
-of each step's end through the Profiler's step observers (two attribute
+of each step's end through the Profiler's step observers (a few attribute
 writes on the training thread) and, every ``status_s`` seconds:
 
 - rewrites the rank's ``status.json`` atomically (step, phase, collective,
@@ -334,7 +334,8 @@ class ProgressWatch(threading.Thread):
         """A step ended since the hang was recorded: it resumed."""
         hang = self._hang
         if hang is not None and self._last_ns > hang["since_ns"]:
-            self._row(schema.HANG_RESUME, hang["step"], hang["since_ns"], threshold, {}, None, ts_ns=self._resumed_ns or self._last_ns)
+            self._row(schema.HANG_RESUME, hang["step"], hang["since_ns"], threshold, {}, None,
+                      ts_ns=self._resumed_ns or self._last_ns)
             self._hang = self._resumed_ns = None
 
     def _row(self, event: str, step: int, since_ns: int, threshold: float, at: dict, stacks: str | None,

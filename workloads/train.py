@@ -133,7 +133,7 @@ def validate(args) -> tuple:
         raise UsageError("--data-delay-ms and --slow-ms must not be negative; --slow-rank needs --slow-ms")
     if args.slow_rank is not None and type(wl).train_step is not Workload.train_step:
         raise UsageError(f"--slow-rank: workload {wl.name} runs its own step; the runner can only slow its forward phase")
-    if args.fault_rank < 0 or not 0 <= args.fault_step < args.steps:
+    if args.fault and (args.fault_rank < 0 or not 0 <= args.fault_step < args.steps):
         raise UsageError(f"--fault-rank must not be negative and --fault-step must be below --steps ({args.steps})")
     if args.fault == "slow-step" and args.slow_ms == 0:
         raise UsageError("--fault slow-step needs --slow-ms")

@@ -215,7 +215,9 @@ def hang(ctx: Context) -> list[Finding]:
         err = e["error"]
         last = (err["stacks"].strip().splitlines() or [""])[-1]
         parts.append(f"rank {r} failed in {err.get('waiting_in')} ({err.get('location')}) at {_clock(err['ts_ns'])}: {last[:160]}")
-    lead = f"hang at step {step}" if hung else f"training stopped at step {step}"
+    # without a hung or failed rank the step is a dead rank's last count: a lower bound
+    lead = f"hang at step {step}" if hung else f"training stopped at step {step}" if failed else \
+        f"training stopped after at least {step} steps"
     times = [e["hang"]["since_ns"] for e in hung.values()] + [e["last_seen_ns"] for e in dead.values() if e.get("last_seen_ns")]
     ends = [e["hang"]["ts_ns"] for e in hung.values()] + [e["error"]["ts_ns"] for e in failed.values()] + times
     per_rank = {r: _evidence(e, t0) for r, e in sorted(states.items())}
@@ -231,8 +233,8 @@ def hang(ctx: Context) -> list[Finding]:
 
 def _evidence(e: dict, t0: int) -> dict:
     ev = e.get("hang") or e.get("error") or e.get("resumed") or {}
-    out = {"state": e["state"], "host": e.get("host"), "steps_done": e.get("steps_done"), "exit": e.get("exit"), "exit_code": e.get("exit_code"),
-           "exit_by": e.get("exit_by"),
+    out = {"state": e["state"], "host": e.get("host"), "steps_done": e.get("steps_done"), "exit": e.get("exit"),
+           "exit_code": e.get("exit_code"), "exit_by": e.get("exit_by"),
            "last_seen_s": (e["last_seen_ns"] - t0) / 1e9 if e.get("last_seen_ns") else None}
     for k in ("place", "waiting_in", "location", "phase", "collective"):
         out[k] = ev.get(k)

@@ -14,8 +14,9 @@ THREADS_MIN_WALL_S = 10.0  # shorter recordings: start-up and the first flush do
 _ADVICE = {
     "memory_breakdown": ("the memory breakdown counts every tensor saved for backward on the steps it measures: "
                          "measure fewer steps (Profiler(memory_every=20) or more, `--memory-every 20`)"),
-    "zero_code_hooks": ("tbdprof profile's global module hooks fire for every submodule: for a very short step, "
-                        "use the Profiler API in the script (prof.loader, prof.phase) or tbdprof.instrument()"),
+    "zero_code_hooks": ("tbdprof profile's hooks handle each step's batch, forward, backward and optimizer events in "
+                        "Python, a fixed cost per step: for a very short step, use the Profiler API in the script "
+                        "(prof.loader, prof.phase)"),
     "spans": "fewer spans per step: time the step's main phases, not every small call",
     "steps": "very short steps: count several micro-steps as one step (prof.begin_step / end_step)",
 }

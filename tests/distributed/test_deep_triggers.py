@@ -2,10 +2,12 @@
 the window lands at the same steps on both ranks, with ops rows; a run that is not live is one line, exit 2.
 Live jobs are killed, whole tree, in a finally. And on an anomaly, with the watch's defaults (on, 1.5x5): rank 1
 slowing down from step 40 gets one window a few steps later on both ranks; a steady run gets none; a bad
---deep-anomaly is one line, exit 2."""
+--deep-anomaly is one line, exit 2. Then issue 18's "done when", end to end: an unchanged DDP script under
+`tbdprof profile` with the defaults catches its own slowdown, and one command names the slow layer."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from tbdprof.launch.local import new_run_dir
 from tbdprof.launch.local import free_port
 
 SCRIPT = Path(__file__).parent / "scripts_deep" / "live_job.py"
+SLOW_LAYER = Path(__file__).parent / "scripts_deep" / "slow_layer.py"
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
@@ -150,3 +153,37 @@ def test_anomaly_window_follows_a_slowdown_on_every_rank_and_a_steady_run_gets_n
     for cmd in (("run", "resnet50", "--deep-anomaly", "fast"), ("profile", "--deep-anomaly", "1x3", "--", "true")):
         bad = run_cli(*cmd, check=False)
         assert bad.returncode == 2 and "--deep-anomaly" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+SLOW_FROM = 30  # past the watch's 20 baseline steps after warm-up (2), and before half the run: diagnose's medians
+
+
+def test_an_unwatched_run_catches_a_slow_layer_and_one_command_names_it(tmp_path, monkeypatch):
+    """From "rank 1 is slow in forward" to "rank 1's body.slow takes N times longer" on a run nobody set up for
+    it: `tbdprof profile` of an unchanged script, no schedule, the default anomaly watch; from step 30, rank 1's
+    layer body.slow does 160 more matrix products per forward (steps over 10x longer: far past the 1.5x
+    threshold, so that a step the load shortens does not restart the watch's count)."""
+    monkeypatch.delenv("TBDPROF_DEEP_ANOMALY", raising=False)  # the default watch: nobody asked for it
+    run_cli("profile", "--out", tmp_path, "--run-id", "run", "--", BIN / "torchrun", "--nproc-per-node", "2",
+            "--master-port", free_port(), SLOW_LAYER, "--steps", "90", "--slow-rank", "1", "--slow-from", SLOW_FROM,
+            "--extra", "160", env={"OMP_NUM_THREADS": "1"})
+    run = tmp_path / "run"
+    for r in (0, 1):
+        deep = json.loads(next(run.glob(f"host=*/rank={r}/deep.json")).read_text())
+        assert deep["every"] == 0 and {w["trigger"] for w in deep["windows"]} == {"anomaly"}, deep
+        # five slow steps (30-34), then the next multiple of 5; a step at the slowdown's edge that the load
+        # makes fast restarts the count: allow two multiples more. A window before step 30 is the load's doing.
+        caught = [w for w in deep["windows"] if w["first"] > SLOW_FROM]
+        assert caught and SLOW_FROM + 5 <= caught[0]["first"] <= SLOW_FROM + 15, (r, deep["windows"])
+        assert caught[0]["ops"] > 0 and caught[0]["trace"] and caught[0]["anomaly"]["at_step"] >= SLOW_FROM + 4
+    # one command: the layer rank 1 spends its time in, against rank 0 in the same kind of window step
+    text = run_cli("ops", run).stdout
+    _, found, diff = text.partition("rank 1 vs the median of ranks 0:")
+    assert found, text
+    m = re.match(r"  layer body\.slow: [\d.]+ ms/step vs [\d.]+ \((new|[\d.]+x)", diff.splitlines()[1])
+    assert m and (m[1] == "new" or float(m[1][:-1]) > 5), text
+    # diagnose: rank 1 the straggler, slow in forward, with the layer in the same finding
+    (straggler,) = [f for f in json.loads(run_cli("diagnose", run, "--json").stdout) if f["kind"] == "straggler"]
+    assert straggler["ranks"] == [1] and straggler["evidence"]["slow_phase"] == "forward", straggler
+    assert straggler["evidence"]["operator_level"]["layer"]["what"] == "layer body.slow", straggler["evidence"]
+    assert "layer body.slow takes" in straggler["title"], straggler["title"]

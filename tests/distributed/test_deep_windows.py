@@ -1,20 +1,23 @@
-"""Deep windows on a real 2-rank run: the same window steps on both ranks, ops inside them, and a
-planted slow layer on rank 1 named by `tbdprof ops` (scripts_deep/slow_layer.py)."""
+"""Deep windows on a real 2-rank run (`tbdprof profile --deep-every 8 -- torchrun ...` of an unchanged script):
+the same window steps on both ranks, ops inside them, and a planted slow layer on rank 1 named by `tbdprof ops`
+(scripts_deep/slow_layer.py)."""
 
 import json
 import sys
 from pathlib import Path
 
 from clirun import run_cli
-from tbdprof.launch.execute import run_here
-from tbdprof.launch.local import new_run_dir
+from tbdprof.launch.local import free_port
 
 SCRIPT = Path(__file__).parent / "scripts_deep" / "slow_layer.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
 def test_windows_agree_across_ranks_and_name_the_slow_layer(tmp_path):
-    run_dir = new_run_dir(tmp_path, "deep", "deep")
-    assert run_here([sys.executable, str(SCRIPT), "--slow-rank", "1", "--extra", "40", "--steps", "20"], 2, run_dir, {}) == 0
+    run_dir = tmp_path / "deep"
+    run_cli("profile", "--out", tmp_path, "--run-id", "deep", "--deep-every", "8", "--deep-steps", "3", "--",
+            TORCHRUN, "--nproc-per-node", "2", "--master-port", free_port(), SCRIPT,
+            "--slow-rank", "1", "--extra", "40", "--steps", "20", env={"OMP_NUM_THREADS": "1"})
     wins = {}
     for f in sorted(run_dir.glob("host=*/rank=*/deep.json")):
         info = json.loads(f.read_text())

@@ -216,3 +216,18 @@ def test_horovod_rank_skips_an_allreduce(tmp_path, data_cache):
     ev = f["evidence"]["per_rank"]["0"]
     assert ev["place"] == "collective" and ev["waiting_in"] == "synchronize" and ev["phase"] == "optimizer", ev
     assert "rank 0 waits in allreduce of " in f["title"], f["title"]  # the tensors it submitted, from the recorder's probe
+
+
+def test_a_command_that_is_itself_the_rank_killed_by_a_signal(tmp_path):
+    """`tbdprof profile -- python train.py` (no launcher): the command is the rank, so tbdprof profile saw the
+    signal end it and says so for the rank, which could not."""
+    env = {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    proc = subprocess.run([sys.executable, "-m", "tbdprof", "profile", "--out", str(tmp_path), "--run-id", "run", "--flush-s",
+                           "0.5", "--", sys.executable, str(SCRIPT), "--mode", "kill", "--rank", "0", "--at", "30", "--steps", "40"],
+                          env={**os.environ, **ENV, **env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + 9, proc.stderr[-2000:]
+    f = _hang_finding(tmp_path / "run")
+    assert f["evidence"]["dead_ranks"] == [0] and f["ranks"] == [0], f
+    assert f["title"].startswith("training stopped after at least ") and \
+        "rank 0 died (SIGKILL, seen by tbdprof profile at " in f["title"], f["title"]
+    assert f["evidence"]["per_rank"]["0"]["steps_done"] <= 30, f["evidence"]  # a lower bound: its last status

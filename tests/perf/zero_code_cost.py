@@ -5,8 +5,10 @@ with a DataLoader, loss, backward and SGD. Blocks of steps alternate in
 random order between no hooks and the hooks ``tbdprof profile`` installs
 (an ``AutoRecorder`` installed and removed between blocks; its Profiler
 keeps recording), and a bootstrap over blocks gives the 90 % interval of
-the paired difference of block medians. Also: PyTorch's own cost for empty
-global module hooks, the floor any hook-based recorder pays.
+the paired difference of block medians. Also: PyTorch's own cost for two
+empty global module hooks, the floor of a recorder that keeps global hooks
+in through the model's forward (the zero-code recorder takes its one out
+there).
 
     python tests/perf/zero_code_cost.py [--blocks 24] [--steps 60]
 """

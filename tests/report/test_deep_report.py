@@ -14,23 +14,24 @@ import pytest
 from browser import inspect
 from clirun import run_cli
 
-from tbdprof.launch.execute import run_here
-from tbdprof.launch.local import new_run_dir
+from tbdprof.launch.local import free_port
 
 SCRIPT = Path(__file__).parents[1] / "distributed" / "scripts_deep" / "slow_layer.py"
+TORCHRUN = Path(sys.executable).parent / "torchrun"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, Path]:
-    """(slow: 2 ranks, rank 1's body.slow 40 matrix products more; plain: 1 rank), windows at steps 8-10."""
+    """(slow: 2 ranks, rank 1's body.slow 40 matrix products more; plain: 1 rank), windows at steps 8-10
+    (`tbdprof profile --deep-every 8 --deep-steps 3` of the unchanged script)."""
     out = tmp_path_factory.mktemp("deep")
-    slow, plain = new_run_dir(out, "slow", "deep"), new_run_dir(out, "plain", "deep")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")  # one thread per rank in both runs: the same kernels, compared
-        assert run_here([sys.executable, str(SCRIPT), "--slow-rank", "1", "--extra", "40", "--steps", "14"], 2, slow, {}) == 0
-        assert run_here([sys.executable, str(SCRIPT), "--steps", "14"], 1, plain, {}) == 0
-    return slow, plain
+    for name, nproc, *args in (("slow", 2, "--slow-rank", "1", "--extra", "40"), ("plain", 1)):
+        # one thread per rank in both runs: the same kernels, compared
+        run_cli("profile", "--out", out, "--run-id", name, "--deep-every", "8", "--deep-steps", "3", "--", TORCHRUN,
+                "--nproc-per-node", nproc, "--master-port", free_port(), SCRIPT, "--steps", "14", *args,
+                env={"OMP_NUM_THREADS": "1"})
+    return out / "slow", out / "plain"
 
 
 def test_report_has_an_operators_section_with_the_windows_cost_and_bytes(runs, chromium, capsys):

@@ -9,6 +9,7 @@ import shutil
 from browser import inspect, screenshot
 
 from tbdprof import cli, schema
+from tbdprof.analysis.cost import cost_line
 
 NASTY = '</td><script>console.error("injected")</script><img src="x" onerror="console.error(1)">'
 
@@ -30,7 +31,7 @@ def _inject(run_dir):
 def test_report_renders_in_chromium(chromium, run_copy, tmp_path, capsys):
     _inject(run_copy)
     assert cli.main(["report", str(run_copy), "--link-bandwidth", "10Gbit"]) == 0
-    capsys.readouterr()
+    terminal = " ".join(capsys.readouterr().out.split())
     moved = tmp_path / "moved elsewhere ✓"  # the report must open from a copied folder
     moved.mkdir()
     page = shutil.copy(run_copy / "report.html", moved / "report.html")
@@ -43,6 +44,8 @@ def test_report_renders_in_chromium(chromium, run_copy, tmp_path, capsys):
                                  "Environment", "Ranks"]
     for literal in (NASTY, "<b>host&amp;</b>", "<svg onload=alert(1)>", "$x$ <i>"):
         assert literal in found["text"]
+    cost = cost_line(json.loads((run_copy / "summary.json").read_text(encoding="utf-8"))["profiling_cost"])
+    assert cost.startswith("profiling cost: ") and cost in terminal and cost in found["text"]  # the same line in both
     shot = screenshot(chromium, page, tmp_path / "report.png")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000

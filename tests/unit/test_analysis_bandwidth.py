@@ -6,6 +6,7 @@ from storebuilder import MS, steps, write_rank, write_run
 
 from tbdprof import schema
 from tbdprof.analysis.bandwidth import collective_bandwidth, network_usage, parse_bandwidth
+from tbdprof.analysis.breakdown import coverage_ns
 from tbdprof.errors import UserError
 from tbdprof.analysis.load import open_run
 
@@ -32,6 +33,25 @@ def test_algbw_busbw_and_link_fraction(tmp_path):
     assert ar["link_fraction"] == pytest.approx(1.5e9 * 1.5 / 2e9)
     assert ar["per_rank"]["3"]["calls"] == 3
     assert collective_bandwidth(open_run(tmp_path))["collectives"]["allreduce"]["link_fraction"] is None
+
+
+def test_each_collective_has_its_own_busy_time(tmp_path):
+    n = 2
+    write_run(tmp_path, n)
+    for r in range(n):
+        # an allreduce 10-12 ms and an allgather 11-13 ms: each busy 2 ms, 3 ms together
+        spans = steps(1, 100) + [
+            (0, schema.COMM_ALLREDUCE, schema.KIND_COMM, T0 + 10 * MS, T0 + 12 * MS, 10**6, None),
+            (0, schema.COMM_ALLGATHER, schema.KIND_COMM, T0 + 11 * MS, T0 + 13 * MS, 4 * 10**6, None),
+        ]
+        write_rank(tmp_path, r, spans=spans, world_size=n)
+    run = open_run(tmp_path)
+    bw = collective_bandwidth(run)["collectives"]
+    assert bw[schema.COMM_ALLREDUCE]["per_rank"]["1"]["busy_s"] == pytest.approx(0.002)
+    assert bw[schema.COMM_ALLGATHER]["per_rank"]["1"]["busy_s"] == pytest.approx(0.002)
+    assert bw[schema.COMM_ALLGATHER]["busbw_bytes_per_s"] == pytest.approx(2e9 * (n - 1) / n)
+    assert coverage_ns(run)[1]["total"] == 3 * MS
+    assert coverage_ns(run, schema.COMM_ALLGATHER)[1]["total"] == 2 * MS
 
 
 @pytest.mark.parametrize("text, expected", [

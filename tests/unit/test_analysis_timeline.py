@@ -3,8 +3,9 @@
 import pytest
 from storebuilder import steps, write_rank, write_run
 
+from tbdprof import schema
 from tbdprof.analysis.load import open_run
-from tbdprof.analysis.timeline import MAX_POINTS, counter_rates, metric_series
+from tbdprof.analysis.timeline import MAX_POINTS, counter_rates, metric_series, span_series
 
 T0 = 10**18
 
@@ -45,3 +46,14 @@ def test_counter_rates_use_steady_window(tmp_path):
     v = counter_rates(open_run(tmp_path), ("io.read_chars",))[("h0", 0, "io.read_chars", "")]
     assert v["total"] == pytest.approx(3 * 10**6)
     assert v["per_s"] == pytest.approx(2 * 10**6)
+
+
+def test_span_series_of_a_kind_or_one_name(tmp_path):
+    write_run(tmp_path, 1)
+    write_rank(tmp_path, spans=steps(4, 100, phases={schema.PHASE_DATA: (0, 10), schema.PHASE_FORWARD: (10, 60)}))
+    run = open_run(tmp_path)
+    data = span_series(run, schema.KIND_PHASE, schema.PHASE_DATA, max_points=4)["rank 0"]
+    assert [round(v, 6) for _, v in data] == [0.01] * 4
+    phases = span_series(run, schema.KIND_PHASE, max_points=4)["rank 0"]
+    assert [round(v, 6) for _, v in phases] == [0.03] * 4  # the mean of 10 ms and 50 ms
+    assert [round(v, 6) for _, v in span_series(run, schema.KIND_STEP, max_points=4)["rank 0"]] == [0.1] * 4

@@ -105,3 +105,63 @@ def test_the_cost_line_reads_like_the_issue():
                       "bytes_per_rank_hour": 3.4 * 2**20, "rows_dropped": 0, "per_rank": {"0": {}}})
     assert line == ("profiling cost: 0.30% of step time on the training thread, 0.50% of one core in its threads, "
                     "3.4 MiB per hour")
+
+
+@pytest.fixture(scope="module")
+def zero_code(tmp_path_factory):
+    """A zero-code recording in this process (the hooks `tbdprof profile` installs), STEPS steps of the tiny model
+    through a DataLoader; the model deep-copied and pickled once in the middle, as EMA and checkpoint code do."""
+    import atexit
+    import copy
+    import pickle
+    import sys
+
+    from tbdprof import autoprofile
+
+    out = tmp_path_factory.mktemp("zero-code")
+    env = pytest.MonkeyPatch()
+    env.setenv(autoprofile.ENV_AUTO, "1")
+    env.setenv("TBDPROF_RUN_DIR", str(out))
+    env.delenv(autoprofile.ENV_RANK_PID, raising=False)
+    env.setattr(sys, "excepthook", sys.excepthook)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    autoprofile.TRAINED.add(opt)
+    data = torch.utils.data.TensorDataset(torch.randn(4 * STEPS, 8), torch.randint(0, 2, (4 * STEPS,)))
+    rec = autoprofile.AutoRecorder()
+    rec.install()
+    try:
+        for i, (x, y) in enumerate(torch.utils.data.DataLoader(data, batch_size=4)):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            if i == STEPS // 2:
+                copied = copy.deepcopy(model)
+                copied(x)  # not trained: one global-hook call, nothing recorded
+                pickle.loads(pickle.dumps(model))(x)
+        tracker = rec.prof._trackers[0]
+        rec.close()
+    finally:
+        rec.remove()
+        atexit.unregister(rec.close)
+        env.undo()
+    meta = json.loads(next(out.glob("host=*/rank=*/rank.json")).read_text())
+    return meta, tracker
+
+
+def test_zero_code_hooks_count_each_part_once(zero_code):
+    meta, tracker = zero_code
+    cost = meta["profiling_cost"]
+    train = cost["training_thread"]
+    hooks = train["zero_code_hooks"]
+    # the model's submodules run without the global hook: one call a step, the model's own; the copies are not
+    # trained, so each of their modules is a call
+    copies = 2 * len(list(_model().modules()))
+    assert hooks["events"] == STEPS + copies and hooks["timed_s"] > 0 and hooks["per_event_us"] >= 0
+    # the hooks end the steps: the steps, their spans and the memory rows are in the hooks' time, not counted again
+    assert meta["rows_written"]["spans"] == STEPS * 5  # step, data_wait, forward, backward, optimizer
+    assert train["steps"]["events"] == 0 and train["spans"]["events"] == 0
+    mem = train["memory_breakdown"]
+    assert tracker.row_ns > 0 and mem["rows_s"] == pytest.approx(tracker.row_ns / 1e9)
+    assert mem["timed_s"] == pytest.approx((tracker.timed_ns - tracker.row_ns) / 1e9)
+    assert cost["training_thread_s"] == pytest.approx(sum(e.get("s", 0) for e in train.values()))

@@ -239,6 +239,10 @@ def args_for(*argv):
     [
         (["seq2seq", "--preset", "huge"], "no preset 'huge'"),
         (["wgan", "--batch-size", "7"], "multiple of n_critic"),
+        (["resnet50", "--fault", "kill", "--fault-step", "20"], "--fault-step must be below --steps"),
+        (["resnet50", "--fault", "slow-step"], "--fault slow-step needs --slow-ms"),
+        (["wgan", "--fault", "skip-collective"], "runs its own step"),
+        (["resnet50", "--hang-s", "0"], "--hang-s must be positive"),
     ],
 )
 def test_bad_input_is_a_usage_error(argv, message):
