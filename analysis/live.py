@@ -90,11 +90,12 @@ def status_command(run_dir: str | Path, json_out: bool = False, file=None) -> in
         print(json.dumps(rows, indent=2), file=out)
         return 0
     print(f"tbdprof status  {Path(run_dir).name}  ({len(rows)} ranks, {time.strftime('%H:%M:%S')})", file=out)
-    head = f"{'rank':>4}  {'host':<12} {'state':<10} {'step':>6}  {'phase':<10} {'no progress':>11}  where"
+    width = max([10, *(len(r["state"]) for r in rows)])
+    head = f"{'rank':>4}  {'host':<12} {'state':<{width}} {'step':>6}  {'phase':<10} {'no progress':>11}  where"
     print(head, file=out)
     for r in rows:
         since = f"{r['since_progress_s']:.1f} s" if r["since_progress_s"] is not None else "-"
-        print(f"{r['rank']:>4}  {r['host'][:12]:<12} {r['state']:<10} {str(r['step'] if r['step'] is not None else '-'):>6}  "
+        print(f"{r['rank']:>4}  {r['host'][:12]:<12} {r['state']:<{width}} {str(r['step'] if r['step'] is not None else '-'):>6}  "
               f"{(r['phase'] or '-'):<10} {since:>11}  {r['where'] or ''}", file=out)
     hung = [r["rank"] for r in rows if r["hang"]]
     gone = [r["rank"] for r in rows if r["state"] in ("DEAD", "STALE")]

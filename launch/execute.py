@@ -70,8 +70,8 @@ def execute(plan: Plan, spec: Spec, meta: dict, stage: Path | None = None) -> in
         procs = [subprocess.Popen(p.argv, env=os.environ | p.env, stdin=subprocess.DEVNULL) for p in plan.procs]
     except OSError as e:
         raise LaunchError(f"launcher {plan.launcher}: cannot start {e.filename}: {e.strerror}") from None
-    codes = wait_all(procs)
-    code = exit_code(codes)
+    codes, first = wait_all(procs)
+    code = exit_code(codes, first)
     if stage is not None:
         gather(spec.run_dir, spec.hosts, stage / spec.run_dir.name)
     # rank 0 records the launcher it detected (e.g. openmpi); the run keeps the one used

@@ -88,8 +88,9 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
-def wait_all(procs: list[subprocess.Popen]) -> list[int]:
-    """Wait for every rank; the first failure stops the rest. Returns exit codes.
+def wait_all(procs: list[subprocess.Popen]) -> tuple[list[int], int | None]:
+    """Wait for every rank; the first failure stops the rest. Returns the exit codes and the index of
+    the process seen failing first (None when none failed before the others ended).
 
     SIGINT or SIGTERM to the launcher stops the ranks the same way (SIGTERM,
     so their profilers flush, then SIGKILL), instead of leaving them orphaned.
@@ -100,23 +101,28 @@ def wait_all(procs: list[subprocess.Popen]) -> list[int]:
         while True:
             codes = [p.poll() for p in procs]
             if all(c is not None for c in codes):
-                return codes
-            if any(c not in (None, 0) for c in codes):
+                return codes, None
+            first = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
+            if first is not None:
                 stop_all(procs)
-                return [p.returncode for p in procs]
+                return [p.returncode for p in procs], first
             time.sleep(0.1)
     except (KeyboardInterrupt, _Terminated):
         stop_all(procs)
-        return [p.returncode for p in procs]
+        return [p.returncode for p in procs], None
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)
 
 
-def exit_code(codes: list[int]) -> int:
-    """One exit code for a job from its processes' codes."""
+def exit_code(codes: list[int], first: int | None = None) -> int:
+    """One exit code for a job from its processes' codes: that of the process that failed first
+    (``first``, as :func:`wait_all` saw it), not of the ranks stopped after it."""
     failed = [c for c in codes if c]
     if not failed:
         return 0
     # Bad input (exit 2) is reported as such; signals come back negative.
-    return 2 if all(c == 2 for c in failed) else (failed[0] if failed[0] > 0 else 128 - failed[0])
+    if all(c == 2 for c in failed):
+        return 2
+    code = codes[first] if first is not None and codes[first] else failed[0]
+    return code if code > 0 else 128 - code

@@ -141,9 +141,11 @@ def test_rank_killed_mid_run_is_named_with_its_signal(tmp_path, frontend, data_c
     proc = _start(frontend, tmp_path, "kill")
     run = tmp_path / "run"
     try:
-        proc.wait(timeout=120)  # the launcher (torchrun, or tbdprof's) tears the job down after the death
+        code = proc.wait(timeout=120)  # the launcher (torchrun, or tbdprof's) tears the job down after the death
     finally:
         kill_tree(proc)
+    if frontend == "run":  # the job's code is the dead rank's (128 + SIGKILL), not that of the ranks stopped after it
+        assert code == 137, code
     f = _hang_finding(run)
     assert f["severity"] == "critical" and 1 in f["ranks"], f
     assert f["evidence"]["dead_ranks"] == [1], f["evidence"]

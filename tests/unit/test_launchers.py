@@ -11,7 +11,7 @@ from tbdprof.cli import main
 from tbdprof.launch import launchers
 from tbdprof.launch.hosts import Host, HostfileError, parse_hosts, place, read_hostfile
 from tbdprof.launch.launchers import Spec
-from tbdprof.launch.local import LaunchError
+from tbdprof.launch.local import LaunchError, exit_code
 from tbdprof.launch.sweep import plan_sweep
 
 COMMAND = ["/venv/bin/python", "-m", "tbdprof.workloads.train", "resnet50", "--steps", "5"]
@@ -171,3 +171,14 @@ def test_cli_bad_hostfile_line(tmp_path, capsys):
     f.write_text("node0 slots=2\nnode1 slots=two\n")
     assert main(["launch", "resnet50", "--hostfile", str(f), "--dry-run"]) == 2
     assert f"hostfile {f} line 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("codes, first, want", [
+    ([0, 0], None, 0),
+    ([2, 2], 1, 2),  # bad input stays bad input
+    ([-15, -9], 1, 137),  # rank 1 died first (SIGKILL); rank 0 was stopped after it (SIGTERM)
+    ([-15, -9], None, 143),  # nobody seen first: rank order
+    ([0, 3], 1, 3),
+])
+def test_job_exit_code_is_that_of_the_first_failure(codes, first, want):
+    assert exit_code(codes, first) == want
