@@ -28,6 +28,7 @@ from .html_report import render_html
 from .load import Run, analyse
 from .memory import memory_breakdown
 from .ops import report_section as operators_section
+from .outliers import rank_outliers
 from .steps import step_stats
 from .system import system_figures
 from .terminal import print_summary
@@ -76,7 +77,7 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
     not_complete = [r["rank"] for r in ranks if r["status"] != "complete"]
     meta = {k: run.meta.get(k) for k in ("run_id", "workload", "preset", "launcher", "status", "profiled", "command_line")}
     rank0 = run.ranks[min(run.ranks)].get("metadata") or {}
-    return {
+    summary = {
         "schema_version": schema.SCHEMA_VERSION,
         "run": meta | {"config": rank0},
         "coverage": summary_coverage(run_coverage(run)),
@@ -112,6 +113,8 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
         "hangs": hang_summary(run),  # null unless a rank hung, failed or died (analysis/hangs.py)
         "operators": operators_section(run),  # null unless the run has deep windows (analysis/ops.py)
     }
+    summary["rank_outliers"] = rank_outliers(run, summary)  # null up to outliers.LARGE_RANKS ranks
+    return summary
 
 
 def report(run_dir: str | Path, json_only: bool = False, html_report: bool = True, link_bytes_per_s: float | None = None) -> dict:

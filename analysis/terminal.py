@@ -28,13 +28,15 @@ def console(file=None, width: int = 120):
     return Console(file=file, width=width, highlight=False)
 
 
-def table(title: str, header: list[str], rows: list[list[str]]):
-    """A rich table: first column left-aligned, the others right-aligned."""
+def table(title: str, header: list[str], rows: list[list[str]], compact: bool = False, left: tuple[int, ...] = (0,)):
+    """A rich table: the columns at ``left`` (indices, negative from the end) left-aligned, the others right-aligned;
+    ``compact``: no frame, only a rule under the header (the large-job view)."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=title, title_justify="left")
+    t = Table(title=title, title_justify="left", **({"box": box.SIMPLE_HEAD, "show_edge": False, "pad_edge": False} if compact else {}))
     for i, h in enumerate(header):
-        t.add_column(h, justify="left" if i == 0 else "right")
+        t.add_column(h, justify="left" if i in left or i - len(header) in left else "right")
     for row in rows:
         t.add_row(*row)
     return t
@@ -96,6 +98,49 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     from .ops import print_operators
 
     print_operators(con, summary.get("operators"))  # deep windows: what they cost, top operators and layers
+    if summary.get("rank_outliers"):
+        print_large(con, summary)
+    else:
+        _print_per_rank(con, summary)
+    _print_collectives(con, summary["network"], compact=bool(summary.get("rank_outliers")))
+
+
+def fmt_figure(name: str, v) -> str:
+    """A value of the large-job distribution table (:data:`.outliers.FIGURE_UNITS`: bytes, percent, rate; else seconds)."""
+    from .outliers import FIGURE_UNITS
+
+    unit = FIGURE_UNITS.get(name)
+    return fmt_bytes(v) if unit == "bytes" else fmt_num(v, 0) + "%" if unit == "pct" else fmt_rate(v) if unit == "rate" else fmt_s(v)
+
+
+def outlier_rows(large: dict, hosts: int | None = None) -> tuple[list[list[str]], list[list[str]]]:
+    """The rows of the slowest-ranks and slowest-hosts tables (at most ``hosts`` hosts), for the terminal and HTML."""
+    ranks = [[str(r["rank"]), r["host"] or "-", fmt_s(r["median_step_s"]), f"{r['over_median']:+.1%}",
+              fmt_s(r["late_by_s"]) if r["late_by_s"] is not None else "-", r["cause"]] for r in large["slowest_ranks"]]
+    host_rows = [[h["host"], str(h["ranks"]), fmt_s(h["median_step_s"]), f"{h['over_median']:+.1%}", str(h["slowest_rank"]), h["cause"]]
+                 for h in large["slowest_hosts"][:hosts]]
+    return ranks, host_rows
+
+
+RANK_HEADER = ["rank", "host", "median step", "vs median", "late at collectives", "cause"]
+HOST_HEADER = ["host", "ranks", "median step", "vs median", "slowest rank", "cause"]
+TERMINAL_HOSTS = 5  # slowest hosts in the terminal (the HTML report lists outliers.TOP_HOSTS)
+
+
+def print_large(con, summary: dict) -> None:
+    """Past outliers.LARGE_RANKS ranks: one distribution table over ranks, then the slowest ranks and hosts."""
+    large = summary["rank_outliers"]
+    con.print(table(f"per rank, over {large['ranks']} ranks (steady state; per-rank figures: summary.json)",
+                    ["figure", "min", "p50", "p90", "max"],
+                    [[k, *[fmt_figure(k, q[c]) for c in ("min", "p50", "p90", "max")]] for k, q in large["distribution"].items()],
+                    compact=True))
+    ranks, hosts = outlier_rows(large, TERMINAL_HOSTS)
+    con.print(table(f"slowest ranks (of {large['ranks']})", RANK_HEADER, ranks, compact=True, left=(0, 1, -1)))
+    con.print(table(f"slowest hosts (of {len(summary['hosts'])})", HOST_HEADER, hosts, compact=True, left=(0, -1)))
+
+
+def _print_per_rank(con, summary: dict) -> None:
+    """One row per rank (and host, GPU, interface): the tables of runs up to outliers.LARGE_RANKS ranks."""
     phases = list(summary["phase_fraction"])
     if not summary["breakdown"]:
         con.print("step breakdown: no steps recorded")
@@ -126,9 +171,12 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
             for h, nics in net["interfaces"].items() for nic, v in nics.items() if v.get("bytes_sent") or v.get("bytes_recv")]
     if rows:
         con.print(table("network (steady state)", ["host interface", "sent", "received", "sent / step", "sent total"], rows))
+
+
+def _print_collectives(con, net: dict, compact: bool = False) -> None:
     link = net["link_bytes_per_s"]
     rows = [[name, str(c["calls"]), fmt_bytes(c["bytes"]), fmt_rate(c["algbw_bytes_per_s"]), fmt_rate(c["busbw_bytes_per_s"]),
              fmt_pct(c["link_fraction"]) if link else "unknown"] for name, c in net["collectives"].items()]
     if rows:
         con.print(table(f"collectives (link {fmt_rate(link) if link else 'unknown'})",
-                         ["collective", "calls", "bytes", "algbw", "busbw", "busbw / link"], rows))
+                         ["collective", "calls", "bytes", "algbw", "busbw", "busbw / link"], rows, compact=compact))

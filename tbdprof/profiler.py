@@ -33,7 +33,7 @@ from .cost import CostAccount
 from .errors import UserError
 from .sampling import Sampling
 from .samplers import Sampler, default_samplers
-from .schema import SpanRow, new_row
+from .schema import SpanRow
 from .writer import Buffers, SegmentWriter
 
 log = logging.getLogger("tbdprof")
@@ -105,9 +105,8 @@ class _Phase:
     def __exit__(self, *exc):
         prof = self.prof
         prof._open_span = self.outer
-        # Profiler._record_span, inlined: this is the per-span path
-        prof._spans.append(new_row(SpanRow, (prof.step_index, self.name, self.kind, self.start, clock.now_ns(),
-                                             self.nbytes, None, None)))
+        # Profiler._record_span inlined, with a plain tuple of SpanRow's columns: this is the per-span path
+        prof._spans.append((prof.step_index, self.name, self.kind, self.start, clock.now_ns(), self.nbytes, None, None))
         prof._kinds_seen.add(self.kind)
         return False
 
@@ -519,17 +518,17 @@ class Profiler:
         """Record a span timed elsewhere (timestamps from :func:`tbdprof.clock.now_ns`)."""
         self._record_span(SpanRow(self.step_index, name, schema.KIND_MARK, start_ns, end_ns, nbytes))
 
-    def _record_span(self, row: SpanRow) -> None:
+    def _record_span(self, row: tuple) -> None:
         """Buffer a span, from any thread: steps, the loader's data wait, marks, and the sink of comm
-        hooks and CUDA spans (``_Phase`` inlines it)."""
+        hooks and CUDA spans (``_Phase`` inlines it). ``row``: a :class:`SpanRow`, or on the training
+        thread a plain tuple of all its columns (see :mod:`tbdprof.schema`)."""
         self._spans.append(row)
-        self._kinds_seen.add(row.kind)
+        self._kinds_seen.add(row[2])  # kind
 
     def add_span(self, name: str, kind: str, start_ns: int, end_ns: int, nbytes: int | None = None,
                  step: int | None = None) -> None:
         """Record a span timed elsewhere, in ``step`` (default: the current step)."""
-        self._record_span(new_row(SpanRow, (self.step_index if step is None else step, name, kind, start_ns, end_ns,
-                                            nbytes, None, None)))
+        self._record_span((self.step_index if step is None else step, name, kind, start_ns, end_ns, nbytes, None, None))
 
     # --- steps: the public step API ---------------------------------------------------
 
@@ -594,8 +593,8 @@ class Profiler:
 
     def _end_step(self, now: int | None = None) -> None:
         end = clock.now_ns() if now is None else now
-        self._record_span(new_row(SpanRow, (self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end,
-                                            None, self._step_items, self._step_units)))
+        self._record_span((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None,
+                           self._step_items, self._step_units))
         self._step_start = None
         self._step_units = None
         self._last_step_end = end
@@ -626,8 +625,7 @@ class Profiler:
                 return
             end = clock.now_ns()
             self.begin_step(_batch_items(batch), start_ns=start)
-            self._record_span(new_row(SpanRow, (self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end,
-                                                None, None, None)))
+            self._record_span((self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None, None))
             yield batch
 
     # --- model hooks ----------------------------------------------------------

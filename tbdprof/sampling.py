@@ -8,7 +8,7 @@ import time
 from collections import deque
 
 from . import clock, schema
-from .schema import SampleRow, new_row
+from .schema import SampleRow
 from .samplers import Sampler
 
 _COUNTERS = frozenset(m.name for m in schema.METRICS.values() if m.counter)
@@ -17,7 +17,7 @@ log = logging.getLogger("tbdprof")
 
 
 class SamplingThread(threading.Thread):
-    """Every ``1/hz`` seconds, ask each sampler for readings and append them to ``out`` as :class:`SampleRow`.
+    """Every ``1/hz`` seconds, ask each sampler for readings and append them to ``out`` (``samples`` rows).
 
     A sampler that fails to start or raises is logged once and dropped; the
     loop carries on with the rest. ``Event.wait`` is both the sleep and the
@@ -76,7 +76,7 @@ class SamplingThread(threading.Thread):
                 if not final and seen is not None and seen[0] == value and tick - seen[1] < self.heartbeat_ticks:
                     return
                 last[key] = (value, tick)
-            append(new_row(SampleRow, (ts, metric, device, value)))
+            append((ts, metric, device, value))  # SampleRow's columns, as a plain tuple (tbdprof.schema)
 
         for s in list(self.active):
             if self.retired.is_set():

@@ -40,7 +40,12 @@ Label = Annotated[str, pa.dictionary(pa.int32(), pa.string())]
 
 # One row type per table: its fields are the table's columns in order (TABLES
 # is derived from them), ``X | None`` is a nullable column and trailing nullable
-# columns default to None. Producers append instances, never bare tuples.
+# columns default to None. Producers append instances, except the two that
+# append many rows a second (the training thread's spans, the sampler's
+# readings): they append plain tuples of every column in this order. A
+# NamedTuple stays tracked by the garbage collector while it is buffered, an
+# exact tuple of numbers and strings is untracked at its first collection
+# (instances there doubled the span cost: docs/performance.md).
 
 
 class SpanRow(NamedTuple):
@@ -128,14 +133,6 @@ class KernelRow(NamedTuple):
 
 ROW_TYPES: dict[str, type] = {SPANS: SpanRow, SAMPLES: SampleRow, MEMORY: MemoryRow, HANGS: HangRow, OPS: OpRow,
                               KERNELS: KernelRow}
-
-new_row = tuple.__new__
-"""``new_row(SpanRow, (every column))``: a row built without NamedTuple's Python-level ``__new__``.
-
-No Python call, so cheaper than ``SpanRow(...)``: for the hot paths (spans
-and steps on the training thread, the sampler's readings), where every
-column is given, defaults included.
-"""
 
 _ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string()}
 

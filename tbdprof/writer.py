@@ -37,8 +37,8 @@ PARQUET_OPTIONS = dict(
 class Buffers:
     """One append-only deque per table, of that table's row type (:data:`tbdprof.schema.ROW_TYPES`).
 
-    Every producer appends row instances to ``queues[RowType]``: the one way
-    rows reach the store. ``deque.append`` and ``popleft`` are atomic, so the
+    Every producer appends its rows to ``queues[RowType]``: the one way rows
+    reach the store. ``deque.append`` and ``popleft`` are atomic, so the
     training thread, the sampling thread and comm-hook callbacks append
     without a lock while the writer drains.
     """
@@ -53,10 +53,11 @@ class Buffers:
 
 
 def rows_to_table(table: str, rows: list[tuple], meta_schema: pa.Schema) -> pa.Table:
-    """Column-wise conversion of ``table``'s rows (instances of its row type) to an Arrow table."""
+    """Column-wise conversion of ``table``'s rows to an Arrow table: instances of its row type, or plain
+    tuples of all its columns (the hot paths' rows, :mod:`tbdprof.schema`)."""
     row_type = schema.ROW_TYPES[table]
-    if set(map(type, rows)) != {row_type}:
-        raise TypeError(f"rows of table {table} must all be {row_type.__name__}")
+    if not set(map(type, rows)) <= {row_type, tuple} or set(map(len, rows)) != {len(row_type._fields)}:
+        raise TypeError(f"rows of table {table} must be {row_type.__name__}s or tuples of its {len(row_type._fields)} columns")
     return columns_to_table(table, zip(*rows), meta_schema)
 
 

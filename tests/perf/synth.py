@@ -25,9 +25,13 @@ from tbdprof.writer import PARQUET_OPTIONS, columns_to_table
 T0_NS = 1_780_000_000_000_000_000  # a fixed epoch: same bytes on every run
 PHASES = (("data_wait", 0.05), ("h2d", 0.02), ("forward", 0.30), ("backward", 0.45), ("optimizer", 0.08))
 GRAD_BYTES = 25_557_032 * 4
+SLOW_RANK = {"forward": 0.3}  # a planted slow rank: +30% of a step in forward (compute)
+SLOW_HOST = {"data_wait": 0.2}  # every rank of a planted slow host: +20% of a step waiting for data
 
 
-def _spans(rng, rank, first_step, n_steps, step_ns):
+def _spans(rng, rank, first_step, n_steps, step_ns, slow=None):
+    """``slow``: phase -> extra time in it, as a fraction of the nominal step (a planted straggler)."""
+    slow = slow or {}
     steps = np.arange(first_step, first_step + n_steps, dtype=np.int64)
     jitter = rng.normal(1.0, 0.03, n_steps).clip(0.8, 1.5)
     dur = (step_ns * jitter).astype(np.int64)
@@ -39,11 +43,11 @@ def _spans(rng, rank, first_step, n_steps, step_ns):
         rows.append([v if isinstance(v, np.ndarray) else np.full(n_steps, v, dtype=None if isinstance(v, int) else object)
                      for v in row])
 
-    add("step", schema.KIND_STEP, starts, starts + dur, items=32)
+    add("step", schema.KIND_STEP, starts, starts + dur + int(sum(slow.values()) * step_ns), items=32)
     t = starts.copy()
     bwd = None
     for name, frac in PHASES:
-        e = t + (dur * frac).astype(np.int64)
+        e = t + (dur * frac).astype(np.int64) + int(slow.get(name, 0.0) * step_ns)
         add(name, schema.KIND_PHASE, t, e)
         if name == "backward":
             bwd = (t, e)
@@ -112,8 +116,9 @@ def _memory(rng, first_step, n_steps, step_ns):
 
 
 def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int = 8, steps_per_s: float = 10.0,
-             sample_hz: float = 10.0, file_minutes: int = 10, seed: int = 0) -> Path:
-    """Write the synthetic run into ``out`` (must not exist) and return it."""
+             sample_hz: float = 10.0, file_minutes: int = 10, seed: int = 0, slow_ranks=(), slow_hosts=()) -> Path:
+    """Write the synthetic run into ``out`` (must not exist) and return it. Ranks in ``slow_ranks`` spend
+    ``SLOW_RANK`` longer in a phase each step, every rank of the hosts in ``slow_hosts`` ``SLOW_HOST``."""
     out = Path(out)
     out.mkdir(parents=True)
     run_id = out.name
@@ -129,13 +134,14 @@ def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int
         rdir = store.rank_dir(out, host, rank)
         rdir.mkdir(parents=True)
         rng = np.random.default_rng((seed, rank))
+        slow = (SLOW_RANK if rank in slow_ranks else {}) | (SLOW_HOST if host in slow_hosts else {})
         n_files = int(np.ceil(duration_s / chunk_s))
         for i in range(n_files):
             t_a, t_b = i * chunk_s, min(duration_s, (i + 1) * chunk_s)
             first_step, n_steps = int(t_a * steps_per_s), int((t_b - t_a) * steps_per_s)
             first_tick, n_ticks = int(t_a * sample_hz), int((t_b - t_a) * sample_hz)
             parts = {
-                schema.SPANS: _spans(rng, rank, first_step, n_steps, step_ns),
+                schema.SPANS: _spans(rng, rank, first_step, n_steps, step_ns, slow),
                 schema.SAMPLES: _samples(rng, local, first_tick, n_ticks, tick_ns, 16, ("eth0", "ib0")),
                 schema.MEMORY: _memory(rng, first_step, n_steps, step_ns),
             }
@@ -161,6 +167,8 @@ def main(argv=None) -> int:
     p.add_argument("--hours", type=float, default=1.0)
     p.add_argument("--ranks-per-host", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slow-rank", type=int, action="append", default=[], help="plant a slow rank (forward); repeatable")
+    p.add_argument("--slow-host", action="append", default=[], help="plant a slow host, e.g. node003 (data wait); repeatable")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.ranks < 1 or args.hours <= 0 or args.ranks_per_host < 1:
@@ -169,7 +177,8 @@ def main(argv=None) -> int:
     if Path(args.out).exists():
         print(f"synth.py: error: {args.out} already exists", file=sys.stderr)
         return 2
-    generate(Path(args.out), args.ranks, args.hours, args.ranks_per_host, seed=args.seed)
+    generate(Path(args.out), args.ranks, args.hours, args.ranks_per_host, seed=args.seed, slow_ranks=args.slow_rank,
+             slow_hosts=args.slow_host)
     return 0
 
 

@@ -85,8 +85,11 @@ def test_bad_rows_fail_the_writer_not_the_caller(tmp_path):
     assert w.failed
     with pytest.raises(Exception):
         rows_to_table(schema.SPANS, [schema.SpanRow("x", "x", "phase", 1, 2)], _schemas()[schema.SPANS])
-    with pytest.raises(TypeError):  # a bare tuple, even one of the right length
-        rows_to_table(schema.SPANS, [_span(0), (1, "x", "phase", 1, 2, None, None, None)], _schemas()[schema.SPANS])
+    plain = (1, "x", "phase", 1, 2, None, None, None)  # the hot paths' rows: every column, no padding
+    assert rows_to_table(schema.SPANS, [_span(0), plain], _schemas()[schema.SPANS]).to_pylist()[1]["kind"] == "phase"
+    for bad in (plain[:7], list(plain)):
+        with pytest.raises(TypeError):
+            rows_to_table(schema.SPANS, [_span(0), bad], _schemas()[schema.SPANS])
 
 
 def test_segments_are_compacted_into_range_files(tmp_path):
