@@ -16,7 +16,8 @@ from tbdprof import schema
 from .load import Run
 
 BUCKETS = 120  # time buckets across: finer than a 7.5-inch figure shows adds bytes, not detail
-HOT = 3  # rows and hosts named as the hottest on the figure
+HOT = 3  # at most this many ranks and hosts named on the figure
+HOT_RATIO = 1.1  # those whose median cell is at least this many times the median
 # metric -> (title, what it is per step)
 METRICS = {
     "step": "step time",
@@ -29,7 +30,7 @@ def rank_heatmap(run: Run, buckets: int = BUCKETS) -> dict | None:
     """The heatmap's cells, or None without steady-state steps: ``rows`` [(host, rank)] sorted by host then rank,
     ``x_s`` (bucket start, seconds since the run's start), ``bucket_s``, and per metric of ``METRICS``
     ``values`` (rows x buckets, seconds per step, None where the rank had no step starting in the bucket),
-    ``median`` (of the cells), ``hot_ranks`` and ``hot_hosts`` (the rows and hosts of highest median ratio)."""
+    ``median`` (of the cells), ``hot_ranks`` and ``hot_hosts`` (of highest median ratio, at least ``HOT_RATIO``)."""
     window = run.steady_window
     if window is None:
         return None
@@ -65,7 +66,8 @@ def rank_heatmap(run: Run, buckets: int = BUCKETS) -> dict | None:
         host_ratio = {h: median(xs) for h, xs in by_host.items()}
         out["metrics"][m] = {
             "title": METRICS[m], "values": grid, "median": mid,
-            "hot_ranks": [keys[i][1] for i in sorted(range(len(keys)), key=lambda i: -ratio[i])[:HOT]],
-            "hot_hosts": sorted(host_ratio, key=lambda h: -host_ratio[h])[:HOT] if len(host_ratio) > 1 else [],
+            "hot_ranks": [keys[i][1] for i in sorted(range(len(keys)), key=lambda i: -ratio[i])[:HOT] if ratio[i] >= HOT_RATIO],
+            "hot_hosts": [h for h in sorted(host_ratio, key=lambda h: -host_ratio[h])[:HOT] if host_ratio[h] >= HOT_RATIO]
+            if len(host_ratio) > 1 else [],
         }
     return out

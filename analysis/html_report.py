@@ -17,8 +17,10 @@ from .fmt import fmt_bytes, fmt_num, fmt_pct, fmt_rate, fmt_s, stopped_ranks_not
 from .gpu import GPU_TABLE_HEADER, gpu_table_rows
 from .cost import cost_line
 from .coverage import coverage_lines
+from .heatmap import rank_heatmap
 from .load import Run
 from .steps import step_series
+from .terminal import HOST_HEADER, RANK_HEADER, fmt_figure, outlier_rows
 from .timeline import metric_series, span_series
 
 _CSS = """body{font:14px system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -61,9 +63,24 @@ def _figure(svg: str | None, caption: str) -> str:
 PLOT_POINTS = 500  # per series: more than a 7.5-inch figure can show
 
 
-def _timeline(run: Run, summary: dict, metric: str, title: str, unit: str, scale: float = 1.0) -> str:
+def _timeline(run: Run, summary: dict, metric: str, title: str, unit: str, scale: float = 1.0, per_host: bool = False) -> str:
+    """``metric`` over time; with ``per_host`` past outliers.LARGE_RANKS ranks, the ranks' series summed per host."""
     bands = _hang_bands(summary, f"hang-band-{metric.replace('.', '-')}")
-    return _figure(plots.lines(metric_series(run, metric, PLOT_POINTS, scale), title, "s since run start", unit, bands=bands), title)
+    series = metric_series(run, metric, PLOT_POINTS, scale)
+    if per_host and summary.get("rank_outliers"):
+        series, title = _sum_per_host(series, {f"rank {r['rank']}": r["host"] for r in summary["ranks"]}), f"{title}, summed per host"
+    return _figure(plots.lines(series, title, "s since run start", unit, bands=bands), title)
+
+
+def _sum_per_host(series: dict, host_of: dict[str, str]) -> dict:
+    """Series named ``rank R [device]`` summed per host (points at the same x added)."""
+    out: dict[str, dict[float, float]] = {}
+    for name, pts in series.items():
+        head = " ".join(name.split()[:2])
+        acc = out.setdefault(host_of.get(head, head), {})
+        for x, y in pts:
+            acc[x] = acc.get(x, 0.0) + y
+    return {h: sorted(acc.items()) for h, acc in out.items()}
 
 
 def _slug(name: str) -> str:
@@ -173,24 +190,64 @@ def _hang_bands(summary: dict, gid: str = "hang-band-steps") -> list[tuple[float
     return [(a, b, what if i == 0 else "", gid if i == 0 else f"{gid}-{i + 1}") for i, (a, b) in enumerate(merged)]
 
 
+def _shown(summary: dict, per_rank: dict) -> dict:
+    """``per_rank`` (by rank), past outliers.LARGE_RANKS ranks only its slowest ranks (summary["rank_outliers"])."""
+    large = summary.get("rank_outliers")
+    if not large:
+        return per_rank
+    keep = {str(r["rank"]) for r in large["slowest_ranks"]}
+    return {r: v for r, v in per_rank.items() if str(r) in keep}
+
+
+def _large(summary: dict) -> list[str]:
+    """Past outliers.LARGE_RANKS ranks: the distribution over ranks, the slowest ranks and hosts with their cause."""
+    large = summary.get("rank_outliers")
+    if not large:
+        return []
+    ranks, hosts = outlier_rows(large)
+    return [f'<p class="note large-note">{large["ranks"]} ranks: per-rank tables show the {len(ranks)} slowest ranks '
+            "(every rank: summary.json); the distribution over ranks:</p>",
+            '<div class="rank-distribution">' + _table(["figure", "min", "p50", "p90", "max"], [
+                [k, *[fmt_figure(k, q[c]) for c in ("min", "p50", "p90", "max")]] for k, q in large["distribution"].items()]) + "</div>",
+            f"<p>Slowest ranks (of {large['ranks']}):</p>", '<div class="slowest-ranks">' + _table(RANK_HEADER, ranks) + "</div>",
+            f"<p>Slowest hosts (of {len(summary['hosts'])}):</p>", '<div class="slowest-hosts">' + _table(HOST_HEADER, hosts) + "</div>"]
+
+
+def _heatmaps(run: Run, summary: dict) -> list[str]:
+    """Past outliers.LARGE_RANKS ranks: the rank x time heatmaps (analysis/heatmap.py), one per metric."""
+    if not summary.get("rank_outliers") or not (heat := rank_heatmap(run)):
+        return []
+    out = []
+    for m, h in heat["metrics"].items():
+        svg = plots.heatmap(heat["rows"], heat["x_s"], heat["bucket_s"], h["values"], h["median"],
+                            f"{h['title']} per rank, relative to the median ({fmt_s(h['median'])})", h["hot_ranks"], h["hot_hosts"],
+                            gid=f"heatmap-{m}")
+        out.append(f'<figure class="heatmap" data-metric="{_esc(m)}" data-hot-ranks="{_esc(",".join(map(str, h["hot_ranks"])))}" '
+                   f'data-hot-hosts="{_esc(",".join(h["hot_hosts"]))}" role="img" aria-label="{_esc(h["title"])} heatmap">{svg}</figure>')
+    out.append('<p class="note">One row per rank, grouped by host; time buckets across. Red: slower than the median cell '
+               '(saturated at 2x), blue: faster, grey: no step started in the bucket.</p>')
+    return out
+
+
 def _breakdown(summary: dict) -> list[str]:
     out = [_section("Step breakdown")]
     if not summary["breakdown"]:
         out.append('<p class="note">no steps recorded.</p>')
         return out
-    bars = {f"rank {r}": b["stack_s_per_step"] for r, b in summary["breakdown"].items()}
+    out += _large(summary)
+    bars = {f"rank {r}": b["stack_s_per_step"] for r, b in _shown(summary, summary["breakdown"]).items()}
     out.append(_figure(plots.stacked_bars(bars, "ms per step: phases, exposed comm outside phases, idle", "ms per step", 1e-3),
                        "step breakdown per rank"))
     phases = list(summary["phase_fraction"])
     out.append(_table(["rank", *phases, "mean step"], [
         [r, *[f"{fmt_s(b['phase_s_per_step'].get(p))} ({fmt_pct(b['phase_fraction'].get(p, 0))})" for p in phases], fmt_s(b["step_s"])]
-        for r, b in summary["breakdown"].items()]))
+        for r, b in _shown(summary, summary["breakdown"]).items()]))
     out.append("<p>Communication runs beside the phases: <i>overlapped</i> is the part inside backward, "
                "<i>exposed</i> the part no compute phase covers (docs/methodology.md).</p>")
     out.append(_table(["rank", "comm / step", "overlapped", "hidden (any compute)", "exposed", "exposed share of step", "bytes / step"], [
         [r, fmt_s(c["total"]), fmt_s(c["overlapped"]), fmt_s(c["hidden"]), fmt_s(c["exposed"]), fmt_pct(b["comm_fraction"]["exposed"]),
          fmt_bytes(sum(v["bytes_per_step"] for v in b["comm"].values()) if b["comm"] else None)]
-        for r, b in summary["breakdown"].items() for c in [b["comm_s_per_step"]]]))
+        for r, b in _shown(summary, summary["breakdown"]).items() for c in [b["comm_s_per_step"]]]))
     return out
 
 
@@ -233,7 +290,7 @@ def _utilization(run: Run, summary: dict) -> list[str]:
     out = [_section("Utilization")]
     out.append(_table(["rank", "host", "CPU avg (100% = 1 core)", "CPU max", "threads"], [
         [r, u.get("host"), fmt_num(u.get("cpu.process_pct", {}).get("avg")) + "%", fmt_num(u.get("cpu.process_pct", {}).get("max")) + "%",
-         fmt_num(u.get("cpu.process_threads", {}).get("avg"), 0)] for r, u in util["per_rank"].items()]))
+         fmt_num(u.get("cpu.process_threads", {}).get("avg"), 0)] for r, u in _shown(summary, util["per_rank"]).items()]))
     out.append(_table(["host", "cores", "system CPU avg", "iowait avg", "per-core avg"], [
         [h, u.get("cores") or "-", fmt_num(u.get("cpu.system_pct", {}).get("avg")) + "%", fmt_num(u.get("cpu.iowait_pct", {}).get("avg")) + "%",
          " ".join(f"{c}:{v['avg']:.0f}%" for c, v in u.get("per_core_pct", {}).items())] for h, u in util["per_host"].items()]))
@@ -257,10 +314,10 @@ def _utilization(run: Run, summary: dict) -> list[str]:
 
 def _memory(run: Run, summary: dict) -> list[str]:
     out = [_section("Memory")]
-    mem_bars = {f"rank {r}": {c: m[c] for c in schema.MEMORY_CATEGORIES} for r, m in summary["memory"].items()}
+    mem_bars = {f"rank {r}": {c: m[c] for c in schema.MEMORY_CATEGORIES} for r, m in _shown(summary, summary["memory"]).items()}
     out.append(_figure(plots.stacked_bars(mem_bars, "memory breakdown (median step)", "MiB", plots.MB), "memory breakdown per rank"))
     cols = (*schema.MEMORY_CATEGORIES, "peak")
-    out.append(_table(["rank", "device", *cols], [[r, m["device"], *[fmt_bytes(m[c]) for c in cols]] for r, m in summary["memory"].items()]))
+    out.append(_table(["rank", "device", *cols], [[r, m["device"], *[fmt_bytes(m[c]) for c in cols]] for r, m in _shown(summary, summary["memory"]).items()]))
     out.append(_timeline(run, summary, "mem.rss_bytes", "resident memory (RSS) per rank", "MiB", plots.MB))
     if summary["utilization"]["gpu_recorded"]:
         out.append(_timeline(run, summary, "gpu.mem_used_bytes", "GPU memory used", "MiB", plots.MB))
@@ -283,7 +340,7 @@ def _network(run: Run, summary: dict) -> list[str]:
     out.append(_table(["collective", "rank", "calls", "bytes", "busy", "algbw", "busbw", "busbw / link"], [
         [name, r, c["calls"], fmt_bytes(c["bytes"]), fmt_s(c["busy_s"]), fmt_rate(c["algbw_bytes_per_s"]),
          fmt_rate(c["busbw_bytes_per_s"]), fmt_pct(c["link_fraction"]) if link else "unknown"]
-        for name, coll in net["collectives"].items() for r, c in [("all", coll), *coll["per_rank"].items()]]))
+        for name, coll in net["collectives"].items() for r, c in [("all", coll), *_shown(summary, coll["per_rank"]).items()]]))
     return out
 
 
@@ -292,11 +349,12 @@ def _io(run: Run, summary: dict) -> list[str]:
     out.append(_table(["rank", "data wait / step", "data wait share", "read (syscalls)/s", "read (storage)/s", "written/s"], [
         [r, fmt_s(v.get("data_wait", {}).get("s_per_step")), fmt_pct(v.get("data_wait", {}).get("fraction")),
          fmt_rate(v.get("read_chars", {}).get("per_s")), fmt_rate(v.get("read_bytes", {}).get("per_s")),
-         fmt_rate(v.get("write_bytes", {}).get("per_s"))] for r, v in summary["io"]["per_rank"].items()]))
+         fmt_rate(v.get("write_bytes", {}).get("per_s"))] for r, v in _shown(summary, summary["io"]["per_rank"]).items()]))
     out.append(_figure(plots.lines(span_series(run, schema.KIND_PHASE, schema.PHASE_DATA), "data wait per step",
                                    "s since run start", "ms", 1e-3), "data wait over time"))
-    out.append(_timeline(run, summary, "io.read_chars", "bytes read by rank and loader workers (syscalls)", "MiB/s", plots.MB))
-    out.append(_timeline(run, summary, "io.write_bytes", "bytes written to storage by rank and loader workers", "MiB/s", plots.MB))
+    out.append(_timeline(run, summary, "io.read_chars", "bytes read by rank and loader workers (syscalls)", "MiB/s", plots.MB, per_host=True))
+    out.append(_timeline(run, summary, "io.write_bytes", "bytes written to storage by rank and loader workers", "MiB/s", plots.MB,
+                         per_host=True))
     out.append(_timeline(run, summary, "disk.read_bytes", "disk reads", "MiB/s", plots.MB))
     out.append(_timeline(run, summary, "disk.write_bytes", "disk writes", "MiB/s", plots.MB))
     return out
@@ -305,15 +363,19 @@ def _io(run: Run, summary: dict) -> list[str]:
 def _environment(summary: dict) -> list[str]:
     env = summary["environment"]
     out = [_section("Environment")]
-    out.append(_table(["setting", *[f"rank {r}" for r in env["ranks"]]], [[row["key"], *row["values"]] for row in env["rows"]],
+    cols = [i for i, r in enumerate(env["ranks"]) if str(r) in _shown(summary, {str(r): 1 for r in env["ranks"]})]
+    out.append(_table(["setting", *[f"rank {env['ranks'][i]}" for i in cols]], [[row["key"], *[row["values"][i] for i in cols]]
+                                                                               for row in env["rows"]],
                       ["diff" if row["differs"] else "" for row in env["rows"]]))
     if env["differences"]:
         out.append(f'<p class="note">Highlighted rows differ between ranks: {_esc(", ".join(env["differences"]))}.</p>')
     out.append(_section("Ranks"))
+    shown = _shown(summary, {r["rank"]: r for r in summary["ranks"]})
     out.append(_table(["rank", "host", "status", "steps", "median step", "clock offset (us)", "+-"], [
         [r["rank"], r["host"], r["status"], r["steps_recorded"], fmt_s(r["median_step_s"]),
          "-" if r["clock_offset_ns"] is None else f"{r['clock_offset_ns'] / 1e3:.1f}",
-         "-" if r["clock_uncertainty_ns"] is None else f"{r['clock_uncertainty_ns'] / 1e3:.1f}"] for r in summary["ranks"]]))
+         "-" if r["clock_uncertainty_ns"] is None else f"{r['clock_uncertainty_ns'] / 1e3:.1f}"]
+        for r in summary["ranks"] if r["rank"] in shown or r["status"] != "complete"]))
     return out
 
 
@@ -344,6 +406,7 @@ def render_html(run: Run, summary: dict) -> str:
     parts.append(_section("Step time"))
     parts.append(_figure(plots.lines(step_series(run), "step time", "s since run start", "ms", 1e-3, bands=_hang_bands(summary)),
                          "step time over the run"))
+    parts += _heatmaps(run, summary)
     parts += _breakdown(summary) + _operators(summary) + _utilization(run, summary) + _memory(run, summary) + _network(run, summary)
     parts += _io(run, summary) + _environment(summary)
     parts.append("</body></html>")

@@ -189,3 +189,52 @@ def export(fig, paths=()) -> str:
     for path in paths:
         fig.savefig(path, bbox_inches="tight", dpi=120)
     return _svg(fig)
+
+
+HEAT_RANGE = 2.0  # colours saturate at this many times the median (and its inverse)
+
+
+def heatmap(rows: list[tuple[str, int]], x_s: list[float], bucket_s: float, values: list[list[float | None]], mid: float,
+            title: str, hot_ranks: list[int] = (), hot_hosts: list[str] = (), gid: str = "heatmap") -> str:
+    """Rank x time: one row per (host, rank) of ``rows`` (grouped by host, host names on the left, thin lines
+    between hosts), one column per time bucket; colour = value / ``mid`` on a log scale, white at the median,
+    red slower, blue faster, grey where nothing was recorded. ``hot_hosts`` and the ``hot_ranks`` on other hosts
+    are named on the right (SVG groups ``{gid}-host-H``, ``{gid}-rank-R``); the image is the SVG group ``gid``."""
+    import numpy as np
+    from matplotlib.colors import LogNorm
+
+    grid = np.array([[np.nan if v is None else v / mid for v in row] for row in values], dtype=float)
+    fig, ax = plt.subplots(figsize=(7.5, 2.4 + min(6.0, len(rows) / 64)))
+    cmap = plt.get_cmap("RdBu_r").copy()
+    cmap.set_bad("#e0e0e0")
+    extent = (x_s[0], x_s[-1] + bucket_s, len(rows) - 0.5, -0.5)
+    im = ax.imshow(np.clip(grid, 1 / HEAT_RANGE, HEAT_RANGE), aspect="auto", interpolation="nearest", cmap=cmap, extent=extent,
+                   norm=LogNorm(1 / HEAT_RANGE, HEAT_RANGE))
+    im.set_gid(gid)
+    hosts: list[tuple[str, int, int]] = []  # (host, first row, last row)
+    for i, (h, _) in enumerate(rows):
+        if hosts and hosts[-1][0] == h:
+            hosts[-1] = (h, hosts[-1][1], i)
+        else:
+            hosts.append((h, i, i))
+    every = max(1, -(-len(hosts) // 32))
+    ax.set_yticks([(a + b) / 2 for _, a, b in hosts[::every]], [_plain(h) for h, _, _ in hosts[::every]], fontsize=6)
+    if len(hosts) <= 128:
+        for _, a, _ in hosts[1:]:
+            ax.axhline(a - 0.5, color="white", linewidth=0.4)
+    where = {r: (h, i) for i, (h, r) in enumerate(rows)}
+    labels = [(f"host {h}", (a + b) / 2, f"{gid}-host-{h}") for h, a, b in hosts if h in hot_hosts]
+    labels += [(f"rank {r}", where[r][1], f"{gid}-rank-{r}") for r in hot_ranks if where[r][0] not in hot_hosts]
+    for text, y, label_gid in labels:
+        ax.annotate(_plain(text), (extent[1], y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=7,
+                    color=HANG_COLOR, annotation_clip=False, gid=label_gid)
+    ticks = [t for t in (0.5, 0.75, 1.0, 1.5, 2.0) if 1 / HEAT_RANGE <= t <= HEAT_RANGE]
+    bar = fig.colorbar(im, ax=ax, pad=0.11, fraction=0.04, ticks=ticks)
+    bar.ax.set_yticklabels([f"{t:g}x" for t in ticks])
+    bar.ax.minorticks_off()
+    bar.set_label("of the median", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    ax.set_title(_plain(title), loc="left")
+    ax.set_xlabel("s since run start")
+    ax.set_ylabel(f"{len(rows)} ranks by host")
+    return _svg(fig)

@@ -4,9 +4,11 @@
 ``from conftest import ...`` would pick whichever was imported first.)
 """
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_cli(*args, cwd=None, env=None, timeout=600, check=True):
@@ -22,6 +24,29 @@ def run_cli(*args, cwd=None, env=None, timeout=600, check=True):
     return proc
 
 
+def rank_statuses(run: Path) -> dict[int, dict]:
+    """Each rank's live ``status.json`` in a run folder, by rank (files being rewritten are skipped)."""
+    out = {}
+    for p in Path(run).glob("host=*/rank=*/status.json"):
+        try:
+            out[int(p.parent.name.split("=")[1])] = json.loads(p.read_text())
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def kill_procs(procs) -> None:
+    """SIGKILL these psutil processes (those already gone are skipped) and reap them."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
 def kill_tree(proc) -> None:
     """SIGKILL a job and every process under it (torchrun starts its ranks in sessions of their own, so
     killing the job's process group is not enough); then reap it."""
@@ -31,10 +56,5 @@ def kill_tree(proc) -> None:
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         tree = []
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(tree, timeout=30)
+    kill_procs(tree)
     proc.wait(timeout=30)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from clirun import kill_tree
+from clirun import kill_tree, rank_statuses
 from tbdprof.launch.local import free_port
 from tbdprof.workloads import engines, train
 
@@ -59,25 +59,15 @@ def _start(frontend: str, out: Path, mode: str, *extra: str):
                    *(["--fault", FAULTS[mode], "--fault-rank", "1", "--fault-step", str(AT)] if mode else []), *extra])
 
 
-def _statuses(run: Path) -> dict[int, dict]:
-    out = {}
-    for p in run.glob("host=*/rank=*/status.json"):
-        try:
-            out[int(p.parent.name.split("=")[1])] = json.loads(p.read_text())
-        except (OSError, ValueError):
-            pass
-    return out
-
-
 def _wait_hung(run: Path, proc, ranks=(0, 1), timeout=90) -> dict[int, dict]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        st = _statuses(run)
+        st = rank_statuses(run)
         if all(st.get(r, {}).get("hang") for r in ranks):
             return st
         assert proc.poll() is None, f"the planted job ended by itself:\n{proc.stdout.read()[-3000:]}"
         time.sleep(0.2)
-    raise AssertionError(f"no hang flagged on ranks {ranks}: {_statuses(run)}")
+    raise AssertionError(f"no hang flagged on ranks {ranks}: {rank_statuses(run)}")
 
 
 def _cli(*args, timeout=120):
@@ -183,7 +173,7 @@ def test_one_slow_step_is_not_a_hang(tmp_path, frontend, data_cache):
     finally:
         kill_tree(proc)
     assert proc.returncode == 0, out[-3000:]
-    st = _statuses(run)
+    st = rank_statuses(run)
     assert sorted(st) == [0, 1] and all(s["hangs"] == 0 and s["state"] == "complete" for s in st.values()), st
     steps = json.loads((next(run.glob("host=*/rank=1")) / "timing.json").read_text())["step_times_s"] if frontend == "run" else None
     if steps:

@@ -15,23 +15,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from clirun import kill_tree
+from clirun import kill_procs, kill_tree, rank_statuses
 from tbdprof.workloads import train
 
 pytestmark = pytest.mark.slow
 
 AT = 6
 HANG_S = 3.0
-
-
-def _statuses(run: Path) -> dict[int, dict]:
-    out = {}
-    for p in run.glob("host=*/rank=*/status.json"):
-        try:
-            out[int(p.parent.name.split("=")[1])] = json.loads(p.read_text())
-        except (OSError, ValueError):
-            pass
-    return out
 
 
 def _stop(proc, statuses: dict[int, dict]) -> None:
@@ -44,12 +34,7 @@ def _stop(proc, statuses: dict[int, dict]) -> None:
         except (psutil.NoSuchProcess, KeyError):
             continue
         tree = [agent, *agent.children(recursive=True)] if agent and "torchrun" in " ".join(agent.cmdline()) else [rank]
-        for p in tree:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(tree, timeout=30)
+        kill_procs(tree)
     kill_tree(proc)
 
 
@@ -67,7 +52,7 @@ def test_rank_on_the_second_host_stuck_in_getitem(hosts2, tmp_path):
             assert time.time() < deadline, f"no hang flagged on both ranks: {st}"
             assert proc.poll() is None, f"the planted job ended by itself:\n{proc.stdout.read()[-3000:]}"
             time.sleep(0.3)
-            st = _statuses(run)
+            st = rank_statuses(run)
         live = subprocess.run([sys.executable, "-m", "tbdprof", "status", str(run), "--json"], capture_output=True, text=True)
         rows = {r["rank"]: r for r in json.loads(live.stdout)}
     finally:
