@@ -54,8 +54,10 @@ the hot path is one comparison, and only once :data:`ANOMALY_MIN_BASELINE`
 steps past warm-up are in it); ``steps`` consecutive steps slower than
 ``factor`` x the median open a window (trigger ``anomaly``) at the next
 multiple of :data:`ANOMALY_GRID` steps (the start step rounded up, as
-dynolog rounds up its iteration), then it re-arms after a step under the
-threshold. **Budget:** at most ``TBDPROF_DEEP_ANOMALY_PER_HOUR`` (default 4)
+dynolog rounds up its iteration). The steps of a slow episode already seen
+join the baseline (a lasting slowdown becomes the new normal instead of
+spending the budget on itself), and the watch re-arms after ``steps`` steps
+in a row under the threshold. **Budget:** at most ``TBDPROF_DEEP_ANOMALY_PER_HOUR`` (default 4)
 anomaly windows, and no new one once those of the last hour wrote
 :data:`ANOMALY_BYTES_PER_HOUR` (trace and ops rows); a slow episode past the
 budget is counted in ``deep.json`` (``anomaly.over_budget``), not recorded.
@@ -153,7 +155,7 @@ class _Anomaly:
     """Step-time watch of one rank: consecutive steps slower than factor x the running median."""
 
     __slots__ = ("factor", "steps", "per_hour", "durations", "threshold_ns", "median_ns", "since_median", "run",
-                 "armed", "opened", "spent", "over_budget", "prev_end", "skip_until", "pending")
+                 "armed", "calm", "opened", "spent", "over_budget", "prev_end", "skip_until", "pending")
 
     def __init__(self, factor: float, steps: int, per_hour: int):
         self.factor, self.steps, self.per_hour = factor, steps, per_hour
@@ -162,6 +164,7 @@ class _Anomaly:
         self.since_median = 0
         self.run: list[int] = []  # durations of the slow steps in a row
         self.armed = True
+        self.calm = 0  # steps under the threshold in a row
         self.opened: list[float] = []  # monotonic times of the anomaly windows opened
         self.spent: list[tuple[float, int]] = []  # (monotonic time, bytes) of anomaly windows written (writer thread)
         self.over_budget = 0  # slow episodes seen while the budget was spent: no window
@@ -181,19 +184,25 @@ class _Anomaly:
             return False
         dur = end_ns - prev
         if self.threshold_ns and dur > self.threshold_ns:
-            self.run.append(dur)
-            if self.armed and len(self.run) >= self.steps:
-                self.armed = False  # once per slow episode, window or not
-                now = time.monotonic()
-                self.opened = [t for t in self.opened if now - t < 3600]
-                spent = sum(b for t, b in self.spent if now - t < 3600)
-                if len(self.opened) < self.per_hour and spent < ANOMALY_BYTES_PER_HOUR:
-                    self.opened.append(now)
-                    return True
-                self.over_budget += 1
-            return False
-        self.run.clear()
-        self.armed = True
+            self.calm = 0
+            if self.armed:
+                self.run.append(dur)
+                if len(self.run) >= self.steps:
+                    self.armed = False  # once per slow episode, window or not
+                    now = time.monotonic()
+                    self.opened = [t for t in self.opened if now - t < 3600]
+                    spent = sum(b for t, b in self.spent if now - t < 3600)
+                    if len(self.opened) < self.per_hour and spent < ANOMALY_BYTES_PER_HOUR:
+                        self.opened.append(now)
+                        return True
+                    self.over_budget += 1
+                return False
+            # an episode already seen: its steps join the baseline, so a lasting slowdown becomes the new normal
+        else:
+            self.run.clear()
+            self.calm += 1
+            if not self.armed and self.calm >= self.steps:
+                self.armed = True  # back under the threshold for as long as a trigger takes: the next slowdown is new
         self.durations.append(dur)
         self.since_median += 1
         if len(self.durations) >= ANOMALY_MIN_BASELINE and (self.since_median >= _MEDIAN_EVERY or not self.threshold_ns):

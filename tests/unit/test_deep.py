@@ -208,6 +208,13 @@ def test_anomaly_watch_is_on_by_default_needs_consecutive_slow_steps_and_keeps_a
     assert fired == [38]
     steps([10] * 5 + [20] * 3 + [10] * 5 + [20] * 3, 46)  # two more episodes; the budget (2 an hour) takes one
     assert fired == [38, 53] and an.over_budget == 1
+    lasting = deep._Anomaly(1.5, 3, 10)  # a slowdown that lasts, with dips: one window, and it becomes the baseline
+    an, fired = lasting, []
+    steps([10] * 30, 200)
+    steps(([20] * 9 + [10]) * 10, 230)
+    assert fired == [232] and an.median_ns == 20e6, (fired, an.median_ns)
+    steps([10] * 40 + [40] * 3, 330)  # back to normal long enough to re-arm (and re-baseline): a new episode fires
+    assert fired == [232, 372], fired
     bytes_spent = deep._Anomaly(1.5, 3, 10)  # windows left, bytes spent: none either
     bytes_spent.wrote(deep.ANOMALY_BYTES_PER_HOUR)
     an, fired = bytes_spent, []
