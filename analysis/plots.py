@@ -205,8 +205,7 @@ def heatmap(rows: list[tuple[str, int]], x_s: list[float], bucket_s: float, valu
 
     grid = np.array([[np.nan if v is None else v / mid for v in row] for row in values], dtype=float)
     fig, ax = plt.subplots(figsize=(7.5, 2.4 + min(6.0, len(rows) / 64)))
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("#e0e0e0")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#e0e0e0")
     extent = (x_s[0], x_s[-1] + bucket_s, len(rows) - 0.5, -0.5)
     im = ax.imshow(np.clip(grid, 1 / HEAT_RANGE, HEAT_RANGE), aspect="auto", interpolation="nearest", cmap=cmap, extent=extent,
                    norm=LogNorm(1 / HEAT_RANGE, HEAT_RANGE))
