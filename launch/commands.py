@@ -54,11 +54,16 @@ def _spec(args, hosts, run_dir, command):
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or default_threads(max(h.slots for h in hosts))}
     if args.stage_dir:
         env["TBDPROF_RUN_DIR"] = str(Path(args.stage_dir).absolute() / run_dir.name)
-    return Spec(
-        hosts, command, run_dir, free_port(), env, iface=args.iface, hostfile=bool(args.hostfile),
-        horovod_mode=args.horovod_mode, slurm_mode=args.slurm_mode, slurm_time=args.slurm_time,
-        slurm_partition=args.slurm_partition, slurm_wait=args.wait,
-    )
+    return Spec(hosts, command, run_dir, free_port(), env, iface=args.iface)
+
+
+def _launcher(args):
+    """The launcher ``--launcher`` names, with its own options from the command line."""
+    from . import launchers
+
+    return launchers.get(args.launcher, hostfile=bool(args.hostfile), horovod_mode=args.horovod_mode,
+                         slurm_mode=args.slurm_mode, slurm_time=args.slurm_time, slurm_partition=args.slurm_partition,
+                         wait=args.wait)
 
 
 def _launch(args, launcher, spec, meta, announce: str = "") -> int:
@@ -86,10 +91,9 @@ def cmd_launch(args) -> int:
     import time
 
     from ..workloads.train import runner_argv, validate
-    from . import launchers
 
     wl, _ = validate(args)
-    launcher = launchers.get(args.launcher)
+    launcher = _launcher(args)
     hosts = _hosts(args, args.nproc)
     run_dir = Path(args.out).absolute() / (args.run_id or f"{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     spec = _spec(args, hosts, run_dir, [sys.executable, "-m", "tbdprof.workloads.train", *runner_argv(args)])
@@ -105,12 +109,11 @@ def cmd_sweep(args) -> int:
     import time
 
     from ..workloads.train import runner_argv, validate
-    from . import launchers
     from .local import new_run_dir
     from .sweep import entry, plan_sweep, run_sweep
 
     wl, preset = validate(_with(args, batch_size=None))
-    launcher = launchers.get(args.launcher)
+    launcher = _launcher(args)
     configs = plan_sweep(args.nproc, args.batch_size or [preset.batch_size], args.repeat, args.scaling)
     sweep_id = args.run_id or f"sweep-{wl.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_dir = Path(args.out).absolute() / sweep_id

