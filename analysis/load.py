@@ -35,7 +35,8 @@ T = TypeVar("T")
 TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",), schema.MEMORY: ("ts_ns",),
                 schema.HANGS: ("ts_ns", "since_ns"),  # a store from before the hangs table gets an empty view
                 schema.OPS: ("start_ns", "end_ns"),  # deep windows' operators (tbdprof/deep.py); often none
-                schema.KERNELS: ("start_ns", "end_ns")}  # deep windows' GPU kernels, on CUDA only
+                schema.KERNELS: ("start_ns", "end_ns"),  # deep windows' GPU kernels, on CUDA only
+                schema.ROLLUPS: ("start_ns", "end_ns")}  # per-interval summaries (analysis/rollups.py); none in older stores
 
 
 class RunError(UserError):
@@ -279,6 +280,8 @@ def _duck_type(f) -> str:
     import pyarrow as pa
 
     t = f.type
+    if pa.types.is_list(t):
+        return _duck_type(t.value_field) + "[]"
     if pa.types.is_dictionary(t) or pa.types.is_string(t):
         return "VARCHAR"
     if pa.types.is_floating(t):

@@ -7,7 +7,7 @@ are integer nanoseconds since the Unix epoch on the recording host's clock;
 the per-rank offset to rank 0 lives in ``rank.json`` and analysis applies it.
 
 Each table has one row type (:class:`SpanRow`, :class:`SampleRow`,
-:class:`MemoryRow`, :class:`HangRow`, :class:`OpRow`); the Arrow schemas in
+:class:`MemoryRow`, :class:`HangRow`, :class:`OpRow`, :class:`RollupRow`...); the Arrow schemas in
 :data:`TABLES` are derived from them, so the recorder's rows and the files
 cannot disagree on a column's place.
 
@@ -17,6 +17,7 @@ keeps the two in step.
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from typing import Annotated, NamedTuple
@@ -33,9 +34,12 @@ MEMORY = "memory"
 HANGS = "hangs"
 OPS = "ops"
 KERNELS = "kernels"
+ROLLUPS = "rollups"
 
 Label = Annotated[str, pa.dictionary(pa.int32(), pa.string())]
 """A string column stored dictionary-encoded: names and kinds, few distinct values."""
+Ints = Annotated[list, pa.list_(pa.int32())]
+"""A list of small integers: a histogram's bucket indexes, or its counts."""
 
 
 # One row type per table: its fields are the table's columns in order (TABLES
@@ -131,8 +135,36 @@ class KernelRow(NamedTuple):
     bytes: int | None = None  # copied or set, for memcpy and memset
 
 
+class RollupRow(NamedTuple):
+    """Table ``rollups``: one rank's summary of one kind and name (and device) over one interval of
+    ``ROLLUP_INTERVAL_NS``, made by its writer from the spans and samples it drains (tbdprof/rollup.py).
+    Rows of the same rank, interval, kind, name and device add up (a span that arrives after its
+    interval was written gets a row of its own)."""
+
+    interval_ns: int  # the interval's start (local clock, a multiple of ROLLUP_INTERVAL_NS): a span's by its step's end (else its own), a sample's by ts_ns
+    kind: Label  # a span kind (step, phase, comm, mark), or ROLLUP_GAUGE / ROLLUP_COUNTER for samples
+    name: Label  # the span's name, or the metric
+    device: Label  # the samples' device; "" for spans
+    start_ns: int  # earliest span start or reading in the interval
+    end_ns: int  # latest span end or reading
+    count: int  # spans, or readings
+    sum_ns: int | None = None  # spans: total duration
+    min_ns: int | None = None  # spans: shortest
+    max_ns: int | None = None  # spans: longest
+    bytes: int | None = None  # spans: payload total (comm), else null
+    items: int | None = None  # spans: samples total (kind=step), else null
+    units: int | None = None  # spans: tokens/frames total (kind=step), else null
+    first_step: int | None = None  # spans: lowest step
+    last_step: int | None = None  # spans: highest step
+    hist_bucket: Ints | None = None  # spans: the duration buckets (duration_bucket) that have spans, ascending
+    hist_count: Ints | None = None  # spans in each of those buckets
+    value_sum: float | None = None  # gauges: sum of readings (mean = value_sum / count); counters: increase since the last reading before
+    value_min: float | None = None  # samples: lowest reading
+    value_max: float | None = None  # samples: highest reading
+
+
 ROW_TYPES: dict[str, type] = {SPANS: SpanRow, SAMPLES: SampleRow, MEMORY: MemoryRow, HANGS: HangRow, OPS: OpRow,
-                              KERNELS: KernelRow}
+                              KERNELS: KernelRow, ROLLUPS: RollupRow}  # rollups last: the writer makes them from the tables above
 
 _ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string()}
 
@@ -187,6 +219,26 @@ MARK_EVAL = "eval"  # an evaluation pass between training steps (forwards withou
 MARK_DEEP_WINDOW = "deep_window"  # a deep window (tbdprof/deep.py): step = its first step; deep.json has the rest
 OP_MODULE_PREFIX = "module: "  # an ops row named "module: layer3.0.conv2" is that layer's forward range
 KERNEL_KINDS = ("kernel", "memcpy", "memset")  # table kernels' kind (Kineto's activity types)
+
+# --- rollups (table rollups, tbdprof/rollup.py) --------------------------------------
+
+ROLLUP_INTERVAL_NS = 60_000_000_000  # one minute: a rank-hour is 60 rows per span name or sample series
+ROLLUP_GAUGE = "gauge"  # rollup kind of a sampled metric that is not a counter
+ROLLUP_COUNTER = "counter"  # rollup kind of a counter (Metric.counter)
+ROLLUP_RATIO = 1.02  # duration buckets: [RATIO**b, RATIO**(b+1)) ns; a bucket's middle is within 1 % of all it holds
+
+
+def duration_bucket(ns: int) -> int:
+    """The rollup histogram bucket of a duration in ns (bucket 0 holds everything under 1.02 ns)."""
+    return int(math.log(ns) / _LOG_RATIO) if ns > 1 else 0
+
+
+def bucket_value(bucket: int) -> float:
+    """The middle of a duration bucket (geometric): within 1 % of every duration in it."""
+    return ROLLUP_RATIO ** (bucket + 0.5)
+
+
+_LOG_RATIO = math.log(ROLLUP_RATIO)
 
 # Columns added after version 1 files were first written: readers fill them
 # with nulls in older segments instead of rejecting those.

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import schema, store
+from .rollup import Rollups
 
 log = logging.getLogger("tbdprof")
 
@@ -98,6 +99,7 @@ class SegmentWriter(threading.Thread):
         self.final_cpu_s = 0.0  # CPU seconds of the final flush, on the thread that stops the writer
         self.compact_every = compact_every
         self._uncompacted: dict[str, list[Path]] = {t: [] for t in schema.TABLES}
+        self.rollups = Rollups()
         self._seq = 0
         self._halt = threading.Event()
         self._lock = threading.Lock()  # one flush at a time (thread vs. final flush)
@@ -127,6 +129,10 @@ class SegmentWriter(threading.Thread):
             self._seq += 1
             for table, row_type in schema.ROW_TYPES.items():
                 rows = self.buffers.drain(row_type)
+                if table == schema.ROLLUPS:  # last: the intervals the spans and samples drained above closed
+                    rows += self.rollups.take(final)
+                else:
+                    self.rollups.add(table, rows)
                 if rows:
                     self._write(table, rows)
                 pending = self._uncompacted[table]

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from tbdprof import schema, store
+from tbdprof.rollup import Rollups
 from tbdprof.writer import PARQUET_OPTIONS, columns_to_table
 
 T0_NS = 1_780_000_000_000_000_000  # a fixed epoch: same bytes on every run
@@ -116,9 +117,11 @@ def _memory(rng, first_step, n_steps, step_ns):
 
 
 def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int = 8, steps_per_s: float = 10.0,
-             sample_hz: float = 10.0, file_minutes: int = 10, seed: int = 0, slow_ranks=(), slow_hosts=()) -> Path:
+             sample_hz: float = 10.0, file_minutes: int = 10, seed: int = 0, slow_ranks=(), slow_hosts=(),
+             rollups: bool = False) -> Path:
     """Write the synthetic run into ``out`` (must not exist) and return it. Ranks in ``slow_ranks`` spend
-    ``SLOW_RANK`` longer in a phase each step, every rank of the hosts in ``slow_hosts`` ``SLOW_HOST``."""
+    ``SLOW_RANK`` longer in a phase each step, every rank of the hosts in ``slow_hosts`` ``SLOW_HOST``.
+    ``rollups``: table ``rollups`` too, as the writer makes it (about 2 s per rank-hour more)."""
     out = Path(out)
     out.mkdir(parents=True)
     run_id = out.name
@@ -135,6 +138,7 @@ def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int
         rdir.mkdir(parents=True)
         rng = np.random.default_rng((seed, rank))
         slow = (SLOW_RANK if rank in slow_ranks else {}) | (SLOW_HOST if host in slow_hosts else {})
+        roll = Rollups() if rollups else None
         n_files = int(np.ceil(duration_s / chunk_s))
         for i in range(n_files):
             t_a, t_b = i * chunk_s, min(duration_s, (i + 1) * chunk_s)
@@ -145,6 +149,12 @@ def generate(out: Path, ranks: int = 64, hours: float = 1.0, ranks_per_host: int
                 schema.SAMPLES: _samples(rng, local, first_tick, n_ticks, tick_ns, 16, ("eth0", "ib0")),
                 schema.MEMORY: _memory(rng, first_step, n_steps, step_ns),
             }
+            if roll is not None:  # summed by the writer's own Rollups, from rows as the writer drains them
+                for table in (schema.SPANS, schema.SAMPLES):
+                    roll.add(table, list(zip(*(c.tolist() for c in parts[table]))))
+                closed = roll.take(final=i == n_files - 1)
+                if closed:
+                    parts[schema.ROLLUPS] = schema.RollupRow(*zip(*closed))
             for table, columns in parts.items():
                 sch = schema.table_schema(table, run_id, rank, host)
                 name = store.segment_name(table, i * 100 + 1, i * 100 + 100)
@@ -169,6 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slow-rank", type=int, action="append", default=[], help="plant a slow rank (forward); repeatable")
     p.add_argument("--slow-host", action="append", default=[], help="plant a slow host, e.g. node003 (data wait); repeatable")
+    p.add_argument("--rollups", action="store_true", help="write table rollups too, as the writer does")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.ranks < 1 or args.hours <= 0 or args.ranks_per_host < 1:
@@ -178,7 +189,7 @@ def main(argv=None) -> int:
         print(f"synth.py: error: {args.out} already exists", file=sys.stderr)
         return 2
     generate(Path(args.out), args.ranks, args.hours, args.ranks_per_host, seed=args.seed, slow_ranks=args.slow_rank,
-             slow_hosts=args.slow_host)
+             slow_hosts=args.slow_host, rollups=args.rollups)
     return 0
 
 

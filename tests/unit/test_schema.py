@@ -18,7 +18,7 @@ def _doc_columns(table):
 
 def _doc_type(field: pa.Field) -> str:
     t = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-    name = {pa.int64(): "int64", pa.float64(): "float64", pa.string(): "string"}[t]
+    name = {pa.int64(): "int64", pa.float64(): "float64", pa.string(): "string", pa.list_(pa.int32()): "list<int32>"}[t]
     return name + (", null" if field.nullable else "")
 
 
