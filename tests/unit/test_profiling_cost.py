@@ -113,6 +113,7 @@ def zero_code(tmp_path_factory):
     through a DataLoader; the model deep-copied and pickled once in the middle, as EMA and checkpoint code do."""
     import atexit
     import copy
+    import os
     import pickle
     import sys
 
@@ -144,6 +145,7 @@ def zero_code(tmp_path_factory):
     finally:
         rec.remove()
         atexit.unregister(rec.close)
+        os.environ.pop(autoprofile.ENV_RANK_PID, None)  # set by the recorder as it started: not this test's to keep
         env.undo()
     meta = json.loads(next(out.glob("host=*/rank=*/rank.json")).read_text())
     return meta, tracker
