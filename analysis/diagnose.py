@@ -29,6 +29,7 @@ from .findings.hang import hang
 from .findings.input_bound import input_bound
 from .findings.memory import memory_leak, memory_pressure
 from .findings.profiler_cost import profiler_overhead
+from .findings.slowdown import slowdown
 from .findings.sync import imbalance, straggler
 from .fmt import fmt_bytes, fmt_pct, fmt_rate, fmt_s
 from .load import Run, analyse
@@ -41,6 +42,7 @@ RULES = {
     "communication_bound": communication_bound,
     "straggler": straggler,
     "imbalance": imbalance,
+    "slowdown": slowdown,
     "cpu_contention": cpu_contention,
     "memory_pressure": memory_pressure,
     "memory_leak": memory_leak,
@@ -179,8 +181,8 @@ def _print(findings: list[Finding], run_dir: Path, out, cov: dict | None = None)
         if gaps:
             con.print("[yellow]no bottleneck found in what was recorded;[/yellow] could not check: " + escape(gaps))
         else:
-            con.print("[green]healthy:[/green] no bottleneck found (input, communication, stragglers, imbalance, CPU, "
-                      "memory, device utilization, FP32 math off the tensor cores)")
+            con.print("[green]healthy:[/green] no bottleneck found (input, communication, stragglers, imbalance, "
+                      "a slowdown mid-run, CPU, memory, device utilization, FP32 math off the tensor cores)")
         return
     for f in shown:
         when = f"  [dim]{f.time_range_s[0]:.1f}-{f.time_range_s[1]:.1f} s[/dim]" if f.time_range_s else ""

@@ -124,18 +124,29 @@ def straggler(ctx: Context) -> list[Finding]:
              else "in no recorded phase")
     title = f"{head}. Time lost {where}" + (f" ({cause})" if cause != where else "") + f"; evidence: {' and '.join(used)}"
     advice = _advice(cause, who)
-    ops = _operator_level(ctx, max(late, key=late.get), phase)
+    ops = operator_level(ctx, max(late, key=late.get), phase)
     if ops:
         evidence["operator_level"] = ops
-        top = ops["layer"] or ops["operator"]
-        title += (f". In its deep windows, {top['what']} takes {top['rank_ms']:.2f} ms per step vs "
-                  f"{top['others_ms']:.2f} on the others" + (f" ({top['ratio']:.1f}x)" if top["ratio"] else " (only there)"))
+        title += operator_text(ops)
         advice += f" Operator by operator: tbdprof ops {ctx.run.path} --rank {ops['rank']}."
     return [Finding(
         kind="straggler", severity=graded(worst / step_s, LATE_FRACTION, LATE_CRITICAL), ranks=sorted(late), hosts=hosts,
         title=title, evidence=evidence, recommendation=advice, time_range_s=ctx.window_s,
         score=worst / step_s,
     )]
+
+
+def operator_level(ctx: Context, rank: int, phase: str | None) -> dict | None:
+    """What ``rank`` does differently at operator level in the run's deep windows (:func:`_operator_level`),
+    once per run, rank and phase (the straggler and slowdown findings both ask)."""
+    return ctx.run.cached(("operator_level", rank, phase), lambda: _operator_level(ctx, rank, phase))
+
+
+def operator_text(ops: dict) -> str:
+    """``. In its deep windows, layer X takes A ms per step vs B on the others (Nx)``: a title's tail."""
+    top = ops["layer"] or ops["operator"]
+    return (f". In its deep windows, {top['what']} takes {top['rank_ms']:.2f} ms per step vs {top['others_ms']:.2f} "
+            "on the others" + (f" ({top['ratio']:.1f}x)" if top["ratio"] else " (only there)"))
 
 
 def _operator_level(ctx: Context, rank: int, phase: str | None) -> dict | None:

@@ -184,7 +184,16 @@ def test_an_unwatched_run_catches_a_slow_layer_and_one_command_names_it(tmp_path
     m = re.match(r"  layer body\.slow: [\d.]+ ms/step vs [\d.]+ \((new|[\d.]+x)", diff.splitlines()[1])
     assert m and (m[1] == "new" or float(m[1][:-1]) > 5), text
     # diagnose: rank 1 the straggler, slow in forward, with the layer in the same finding
-    (straggler,) = [f for f in json.loads(run_cli("diagnose", run, "--json").stdout) if f["kind"] == "straggler"]
+    findings = json.loads(run_cli("diagnose", run, "--json").stdout)
+    (straggler,) = [f for f in findings if f["kind"] == "straggler"]
     assert straggler["ranks"] == [1] and straggler["evidence"]["slow_phase"] == "forward", straggler
     assert straggler["evidence"]["operator_level"]["layer"]["what"] == "layer body.slow", straggler["evidence"]
     assert "layer body.slow takes" in straggler["title"], straggler["title"]
+    # and the slowdown itself, from the step times: from step 30 (a step either side: the load), rank 1, the layer
+    (slow,) = [f for f in findings if f["kind"] == "slowdown"]
+    ev = slow["evidence"]
+    assert abs(ev["change_step"] - SLOW_FROM) <= 1 and ev["ratio"] > 3 and slow["ranks"] == [1], ev
+    assert ev["slow_part"] == "forward" and ev["operator_level"]["layer"]["what"] == "layer body.slow", ev
+    assert "layer body.slow takes" in slow["title"] and ev["watch"].startswith("on"), slow["title"]
+    assert {w["trigger"] for ws in ev["windows"].values() for w in ws} == {"anomaly"} and "1" in ev["windows"], ev
+    print("slowdown:", slow["title"])
