@@ -28,7 +28,7 @@ demo: install
 	$(VENV)/bin/tbdprof run resnet50 --nproc 2 --preset tiny --steps 60 --out runs --run-id $(DEMO_ID)
 
 test: install horovod
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 bench: install
 	$(PY) tests/perf/run_all.py

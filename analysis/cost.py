@@ -1,9 +1,10 @@
 """What profiling cost the run, from each rank's own account (``rank.json`` ``profiling_cost``, :mod:`tbdprof.cost`).
 
-Per rank: the training thread's profiler time as a share of the time its
-steps took (the median step times the steps recorded: the account covers
-every step, warm-up included), its threads' CPU time as a share of one core over the recording's
-wall time, and the bytes it wrote per hour. The run's figures are the worst
+Per rank: the training thread's profiler time per step in the steady state
+as a share of the median step (each component's time over the steps
+recorded, the memory breakdown's per measured step at its sampling rate:
+:func:`_per_step`), its threads' CPU time as a share of one core over the
+recording's wall time, and the bytes it wrote per hour. The run's figures are the worst
 rank's shares and the mean bytes per rank-hour.
 """
 
@@ -15,13 +16,30 @@ from .fmt import fmt_bytes, fmt_pct
 from .load import Run
 
 
-def _step_seconds(run: Run) -> dict[int, float]:
-    """Per rank, the median step time times the steps recorded: the time the account's steps took, without the
-    first steps' warm-up (lazy initialisation) inflating it."""
+def _steps(run: Run) -> dict[int, tuple[int, float]]:
+    """Per rank, (steps recorded, deep-window steps included: the account covers them; the median step in s,
+    outside windows)."""
     if not run.has(schema.SPANS):
         return {}
-    rows = run.sql("SELECT rank, median(end_ns - start_ns) * count(*) FROM spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP])
-    return {r: s / 1e9 for r, s in rows if s}
+    counts = dict(run.sql("SELECT rank, count(*) FROM spans_all WHERE kind = ? GROUP BY rank", [schema.KIND_STEP]))
+    rows = run.sql("SELECT rank, median(end_ns - start_ns) FROM spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP])
+    return {r: (counts.get(r, 0), m / 1e9) for r, m in rows if m}
+
+
+def _per_step(components: dict, steps: int, memory_every: int) -> dict[str, float]:
+    """Each component's training-thread seconds per step in the steady state. The memory breakdown runs on the
+    warm-up steps and then every ``memory_every``-th: its cost per measured step, at that rate (the warm-up
+    measurements are a fixed cost, which a short recording would otherwise show as a share of every step)."""
+    out = {}
+    for k, v in components.items():
+        if not isinstance(v, dict) or v.get("s") is None:
+            continue
+        measured = v.get("measured_steps")
+        if k == "memory_breakdown" and measured:
+            out[k] = v["s"] / measured / max(1, memory_every)
+        elif steps:
+            out[k] = v["s"] / steps
+    return out
 
 
 def profiling_cost(run: Run) -> dict | None:
@@ -29,16 +47,20 @@ def profiling_cost(run: Run) -> dict | None:
     accounts = {r: m["profiling_cost"] for r, m in run.ranks.items() if isinstance(m.get("profiling_cost"), dict)}
     if not accounts:
         return None
-    steps = _step_seconds(run)
+    steps = _steps(run)
     per_rank = {}
     for r, c in sorted(accounts.items()):
         wall = c.get("wall_s") or 0
-        step_s = steps.get(r)
-        comps = {k: v.get("s") for k, v in (c.get("training_thread") or {}).items() if isinstance(v, dict) and "s" in v}
+        n, median_s = steps.get(r, (0, None))
+        thread = c.get("training_thread") or {}
+        comps = {k: v.get("s") for k, v in thread.items() if isinstance(v, dict) and "s" in v}
+        per_step = _per_step(thread, n, int(run.ranks[r].get("memory_every") or 1))
         per_rank[str(r)] = {
             "training_thread_s": c.get("training_thread_s"),
-            "step_time_s": step_s,
-            "training_thread_fraction": c["training_thread_s"] / step_s if step_s and c.get("training_thread_s") is not None else None,
+            "step_time_s": median_s * n if median_s else None,
+            "median_step_s": median_s,
+            "per_step_s": per_step,
+            "training_thread_fraction": sum(per_step.values()) / median_s if median_s and per_step else None,
             "threads_cpu_s": c.get("threads_cpu_s"),
             "wall_s": wall,
             "threads_core_fraction": c["threads_cpu_s"] / wall if wall and c.get("threads_cpu_s") is not None else None,
@@ -46,7 +68,7 @@ def profiling_cost(run: Run) -> dict | None:
             "bytes_per_hour": c["bytes_written"] * 3600 / wall if wall and c.get("bytes_written") is not None else None,
             "rows_dropped": c.get("rows_dropped", 0),
             "components_s": comps,
-            "memory_measured_steps": (c.get("training_thread") or {}).get("memory_breakdown", {}).get("measured_steps"),
+            "memory_measured_steps": thread.get("memory_breakdown", {}).get("measured_steps"),
         }
 
     def worst(key):
@@ -56,7 +78,7 @@ def profiling_cost(run: Run) -> dict | None:
     train, train_rank = worst("training_thread_fraction")
     threads, threads_rank = worst("threads_core_fraction")
     rates = [v["bytes_per_hour"] for v in per_rank.values() if v["bytes_per_hour"] is not None]
-    comps = per_rank[train_rank]["components_s"] if train_rank is not None else {}
+    comps = per_rank[train_rank]["per_step_s"] if train_rank is not None else {}
     return {
         "training_thread_fraction": train,
         "training_thread_worst_rank": int(train_rank) if train_rank is not None else None,

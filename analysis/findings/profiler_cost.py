@@ -61,6 +61,6 @@ def profiler_overhead(ctx: Context) -> list[Finding]:
         title="the profiler itself is a visible share of the step: " + "; ".join(parts),
         evidence={"training_thread_fraction": train, "threads_core_fraction": threads,
                   "largest_component": cost["largest_component"],
-                  "components_s": worst.get("components_s"), "memory_measured_steps": worst.get("memory_measured_steps"),
-                  "step_time_s": worst.get("step_time_s")},
+                  "per_step_s": worst.get("per_step_s"), "components_s": worst.get("components_s"),
+                  "memory_measured_steps": worst.get("memory_measured_steps"), "median_step_s": worst.get("median_step_s")},
         recommendation="The figures of this run include the profiler's own time. " + "; ".join(advice) + ".")]
