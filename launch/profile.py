@@ -179,12 +179,7 @@ def add_parser(sub) -> None:
     s.add_argument("--run-id", default=None, help="run folder name (default profile-TIMESTAMP)")
     s.add_argument("--sample-hz", type=float, default=10.0, help="system sampling rate (default 10)")
     s.add_argument("--flush-s", type=float, default=5.0, help="seconds between Parquet segments (default 5)")
-    s.add_argument("--deep-every", type=int, default=None, metavar="N",
-                   help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
-    s.add_argument("--deep-steps", type=int, default=None, metavar="K", help="steps per deep window (default 5)")
-    s.add_argument("--deep-anomaly", default=None, metavar="FACTORxSTEPS",
-                   help="a deep window when STEPS steps in a row are FACTOR x slower than the running median "
-                        "(default 1.5x5, at most 4 windows an hour; off: none)")
+    deep.add_options(s)
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...: the command to run and record")
     s.set_defaults(func=lambda args: run_profile(args.command[args.command[:1] == ["--"]:], args.out, args.run_id, args.sample_hz, args.flush_s,
                                                  deep_every=args.deep_every, deep_steps=args.deep_steps,
@@ -198,16 +193,7 @@ def run_profile(command: list[str], out: str, run_id: str | None, sample_hz: flo
         raise LaunchError("give the command to profile after --: tbdprof profile -- python train.py")
     if sample_hz <= 0 or flush_s <= 0:
         raise LaunchError("--sample-hz and --flush-s must be positive")
-    if deep_every is not None or deep_steps is not None:
-        try:
-            deep.config(deep_every or 0, deep_steps)
-        except ValueError as e:
-            raise LaunchError(f"--deep-every/--deep-steps: {e}") from None
-    if deep_anomaly is not None:
-        try:
-            deep.anomaly_config(deep_anomaly)
-        except ValueError as e:
-            raise LaunchError(f"--deep-anomaly: {e}") from None
+    deep.check_options(deep_every, deep_steps, deep_anomaly)
     exe, code = resolve(command, dict(os.environ))
     if exe is None:
         why = "command not found" if code == EXIT_NOT_FOUND else "permission denied"

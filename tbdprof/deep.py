@@ -87,6 +87,7 @@ from collections import deque
 from typing import Any
 
 from . import clock, schema, store
+from .errors import UserError
 
 log = logging.getLogger("tbdprof")
 
@@ -251,6 +252,35 @@ def config(every: int | None, steps: int | None) -> tuple[int, int]:
         raise ValueError(f"deep_steps ({steps}) must be less than deep_every ({every}): "
                          "windows are short interruptions of always-on recording")
     return every, steps
+
+
+class DeepOptionError(UserError):
+    """A ``--deep-every``, ``--deep-steps`` or ``--deep-anomaly`` value that cannot be used."""
+
+
+def add_options(parser) -> None:
+    """``--deep-every``, ``--deep-steps`` and ``--deep-anomaly``, for the commands that start profiled ranks."""
+    parser.add_argument("--deep-every", type=int, default=None, metavar="N",
+                        help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
+    parser.add_argument("--deep-steps", type=int, default=None, metavar="K", help=f"steps per deep window (default {DEFAULT_STEPS})")
+    parser.add_argument("--deep-anomaly", default=None, metavar="FACTORxSTEPS",
+                        help="a deep window when STEPS steps in a row are FACTOR x slower than the running median "
+                             f"(default {DEFAULT_ANOMALY}, at most {DEFAULT_ANOMALY_PER_HOUR} windows an hour; off: none)")
+
+
+def check_options(every: int | None, steps: int | None, anomaly: str | None) -> None:
+    """Raise :class:`DeepOptionError` (one line, naming the option) for values :func:`config` or
+    :func:`anomaly_config` refuse; options not given are not checked."""
+    try:
+        if every is not None or steps is not None:
+            config(every or 0, steps)
+    except ValueError as e:
+        raise DeepOptionError(f"--deep-every/--deep-steps: {e}") from None
+    try:
+        if anomaly is not None:
+            anomaly_config(anomaly)
+    except ValueError as e:
+        raise DeepOptionError(f"--deep-anomaly: {e}") from None
 
 
 def scheduled_start(step: int, every: int, warmup_steps: int) -> bool:
@@ -441,10 +471,7 @@ class DeepWindows:
 
     def poll_request(self) -> None:
         """Stat the run folder's request file; hand a new request to the step observer. Off the training thread."""
-        if self._dirty:
-            self._dirty = False
-            with self._lock:
-                self._write_json()
+        self._write_if_dirty()
         run_dir = self.prof.run_dir
         if run_dir is None:
             return
@@ -546,10 +573,7 @@ class DeepWindows:
             self.request.entry["state"] = "run ended"
             self.request = None
             self._dirty = True
-        if self._dirty:
-            self._dirty = False
-            with self._lock:
-                self._write_json()
+        self._write_if_dirty()
         with self._lock:
             while self.done:
                 w = self.done.popleft()
@@ -691,6 +715,13 @@ class DeepWindows:
                 rows[i] = rows[i]._replace(bytes=sized.get(corr))
         rows.sort(key=lambda r: r.start_ns)
         return rows
+
+    def _write_if_dirty(self) -> None:
+        """Rewrite deep.json when the training thread changed a request's state since the last write."""
+        if self._dirty:
+            self._dirty = False
+            with self._lock:
+                self._write_json()
 
     def _write_json(self) -> None:
         data: dict[str, Any] = {"every": self.every, "steps": self.steps, "windows": self.windows,

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_training_args(p: argparse.ArgumentParser) -> None:
     """The options shared by the runner and ``tbdprof run``."""
+    from tbdprof import deep
+
     p.add_argument("workload", help="registered workload name (see `tbdprof workloads`)")
     p.add_argument("--preset", default="tiny", help="model/data size: tiny, small or full")
     p.add_argument("--steps", type=int, default=20, help="training steps to run (default 20)")
@@ -60,12 +62,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     hvd.add_argument("--hierarchical-allreduce", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
     hvd.add_argument("--horovod-timeline", action="store_true", help="record Horovod's timeline into the run's store")
     p.add_argument("--memory-every", type=int, default=20, help="measure the memory breakdown every N steps (default 20)")
-    p.add_argument("--deep-every", type=int, default=None, metavar="N",
-                   help="a deep window (torch.profiler: operators, layers) every N steps on every rank (default: none)")
-    p.add_argument("--deep-steps", type=int, default=None, metavar="K", help="steps per deep window (default 5)")
-    p.add_argument("--deep-anomaly", default=None, metavar="FACTORxSTEPS",
-                   help="a deep window when STEPS steps in a row are FACTOR x slower than the running median "
-                        "(default 1.5x5, at most 4 windows an hour; off: none)")
+    deep.add_options(p)
     p.add_argument("--hang-s", type=float, default=None, metavar="S",
                    help="a rank with no step end for max(S, 20 x its median step) records a hang (default 60; "
                         "reaches the ranks on every host, unlike TBDPROF_HANG_S)")
@@ -115,20 +112,9 @@ def validate(args) -> tuple:
             raise UsageError(f"--{name.replace('_', '-')} must be positive (got {v})")
     if args.warmup < 0 or (args.num_workers is not None and args.num_workers < 0):
         raise UsageError("--warmup and --num-workers must not be negative")
-    if args.deep_every is not None or args.deep_steps is not None:
-        from tbdprof.deep import config as deep_config
+    from tbdprof.deep import check_options
 
-        try:
-            deep_config(args.deep_every or 0, args.deep_steps)
-        except ValueError as e:
-            raise UsageError(f"--deep-every/--deep-steps: {e}") from None
-    if args.deep_anomaly is not None:
-        from tbdprof.deep import anomaly_config
-
-        try:
-            anomaly_config(args.deep_anomaly)
-        except ValueError as e:
-            raise UsageError(f"--deep-anomaly: {e}") from None
+    check_options(args.deep_every, args.deep_steps, args.deep_anomaly)
     if args.data_delay_ms < 0 or args.slow_ms < 0 or (args.slow_rank is not None and args.slow_ms == 0):
         raise UsageError("--data-delay-ms and --slow-ms must not be negative; --slow-rank needs --slow-ms")
     if args.slow_rank is not None and type(wl).train_step is not Workload.train_step:
@@ -410,7 +396,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return train(args)
-    except UsageError as e:
+    except UserError as e:  # bad options (UsageError) and bad --deep-* values alike
         print(f"tbdprof: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
