@@ -16,6 +16,7 @@ import re
 from tbdprof import schema
 from tbdprof.errors import UserError
 
+from . import rollups
 from .breakdown import coverage_ns
 from .load import Run
 from .network import ring_factor
@@ -95,6 +96,10 @@ def collective_bandwidth(run: Run, link_bytes_per_s: float | None = None) -> dic
             "SELECT rank, count(*), sum(bytes), median(bytes / nullif((end_ns - start_ns) / 1e9, 0)) FROM steady_comm "
             "WHERE name = ? GROUP BY rank ORDER BY rank", [name]
         )
+        if run.zoom:  # scale mode: calls and bytes of the whole run (rollups), busy time scaled from the zoom window's
+            whole = {r: m for (r, c), m in rollups.merged(run, schema.KIND_COMM).items() if c == name}
+            busy = {r: b * whole[r].count / calls for r, calls, _, _ in rows if (b := busy.get(r)) and r in whole}
+            rows = [(r, whole[r].count, whole[r].bytes, call_bw) for r, _, _, call_bw in rows if r in whole]
         bw = (name, n, link_bytes_per_s)
         per_rank = {str(r): _bw(calls, nbytes or 0, busy.get(r, 0.0), call_bw, *bw) for r, calls, nbytes, call_bw in rows}
         total = _bw(sum(p["calls"] for p in per_rank.values()), sum(p["bytes"] for p in per_rank.values()),

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from tbdprof import schema
 
+from . import rollups
 from .load import Run
 
 
@@ -131,10 +132,13 @@ def phase_breakdown(run: Run) -> dict:
     step into parts that add up to it: the phases, exposed communication
     outside every phase, and ``idle`` (the rest of ``other``).
     """
-    step_rows = run.sql("SELECT rank, sum(end_ns - start_ns), count(*) FROM steady_steps GROUP BY rank")
-    phase_rows = run.sql("SELECT rank, name, sum(end_ns - start_ns) FROM steady_phases GROUP BY rank, name")
-    comm_rows = run.sql("SELECT rank, name, sum(end_ns - start_ns), sum(bytes), count(*) FROM steady_comm GROUP BY rank, name")
+    step_rows, phase_rows, comm_rows = _sums(run)
     overlap = comm_overlap(run)
+    if run.zoom:  # scale mode: the overlap measured in the zoom window's steps, scaled to the whole run's
+        zoom_steps = dict(run.sql("SELECT rank, count(*) FROM steady_steps GROUP BY rank"))
+        whole = {r: n for r, _, n in step_rows}
+        overlap = {r: {k: v * whole.get(r, 0) / zoom_steps[r] for k, v in ov.items()}
+                   for r, ov in overlap.items() if zoom_steps.get(r)}
     per_rank: dict[str, dict] = {}
     totals: dict[int, tuple[int, int]] = {r: (t, n) for r, t, n in step_rows}
     for rank, (total_ns, n) in sorted(totals.items()):
@@ -162,6 +166,19 @@ def phase_breakdown(run: Run) -> dict:
         }
     return {"per_rank": per_rank, "phase_fraction": _mean(per_rank, "phase_fraction"),
             "comm_fraction": _mean(per_rank, "comm_fraction"), "stack_s_per_step": _mean(per_rank, "stack_s_per_step")}
+
+
+def _sums(run: Run) -> tuple[list, list, list]:
+    """Per rank (steps' total ns, steps); per rank and phase, total ns; per rank and collective (total ns, bytes,
+    calls): steady-state spans, or in scale mode the rollups of the whole run."""
+    if not run.zoom:
+        return (run.sql("SELECT rank, sum(end_ns - start_ns), count(*) FROM steady_steps GROUP BY rank"),
+                run.sql("SELECT rank, name, sum(end_ns - start_ns) FROM steady_phases GROUP BY rank, name"),
+                run.sql("SELECT rank, name, sum(end_ns - start_ns), sum(bytes), count(*) FROM steady_comm GROUP BY rank, name"))
+    steps = [(r, m.sum_ns, m.count) for (r, _), m in rollups.merged(run, schema.KIND_STEP).items() if m.count]
+    phases = [(r, name, m.sum_ns) for (r, name), m in rollups.merged(run, schema.KIND_PHASE).items()]
+    comm = [(r, name, m.sum_ns, m.bytes, m.count) for (r, name), m in rollups.merged(run, schema.KIND_COMM).items()]
+    return steps, phases, comm
 
 
 def _ordered(fractions: dict[str, float]) -> dict[str, float]:

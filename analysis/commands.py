@@ -10,7 +10,7 @@ import sys
 def cmd_report(args) -> int:
     from .report import report
 
-    report(args.run_dir, json_only=args.json, link_bytes_per_s=args.link_bandwidth)
+    report(args.run_dir, json_only=args.json, link_bytes_per_s=args.link_bandwidth, source=args.source)
     return 0
 
 
@@ -34,7 +34,7 @@ def cmd_compare(args) -> int:
 def cmd_diagnose(args) -> int:
     from .diagnose import diagnose_command
 
-    return diagnose_command(args.run_dir, json_out=args.json, link_bytes_per_s=args.link_bandwidth)
+    return diagnose_command(args.run_dir, json_out=args.json, link_bytes_per_s=args.link_bandwidth, source=args.source)
 
 
 def cmd_ops(args) -> int:
@@ -91,12 +91,21 @@ def _bandwidth(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _add_source(parser) -> None:
+    from .load import SCALE_RANK_HOURS, SOURCES
+
+    parser.add_argument("--source", default="auto", choices=SOURCES,
+                        help=f"read the raw rows, or the rollups with raw rows of a zoom window only (default auto: "
+                             f"rollups from {SCALE_RANK_HOURS:g} rank-hours up)")
+
+
 def add_parsers(sub) -> None:
     link_help = "the network link's capacity per rank, e.g. 10Gbit, 25Gbps, 1.25GB/s (default: unknown)"
     s = sub.add_parser("report", help="summarise a run: terminal tables, summary.json, report.html")
     s.add_argument("run_dir", help="a run folder (runs/<run_id>)")
     s.add_argument("--json", action="store_true", help="print summary.json to stdout instead of tables")
     s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW", help=link_help)
+    _add_source(s)
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("export", help="export a run as a Chrome trace (Perfetto UI, chrome://tracing)")
@@ -120,6 +129,7 @@ def add_parsers(sub) -> None:
     s.add_argument("run_dir", help="a run folder")
     s.add_argument("--json", action="store_true", help="print the findings as a JSON list")
     s.add_argument("--link-bandwidth", type=_bandwidth, default=None, metavar="BW", help=link_help)
+    _add_source(s)
     s.set_defaults(func=cmd_diagnose)
 
     s = sub.add_parser("status", help="where every rank of a running job is: step, phase, seconds since progress, hangs")

@@ -146,14 +146,16 @@ def diagnose(run_dir: str | Path, link_bytes_per_s: float | None = None) -> list
     return analyse(run_dir, lambda run: diagnose_run(run, link_bytes_per_s))
 
 
-def diagnose_with_coverage(run_dir: str | Path, link_bytes_per_s: float | None = None) -> tuple[dict, list[Finding]]:
-    """The run's coverage (:func:`.coverage.run_coverage`) and its findings."""
-    return analyse(run_dir, lambda run: (coverage.run_coverage(run), diagnose_run(run, link_bytes_per_s)))
+def diagnose_with_coverage(run_dir: str | Path, link_bytes_per_s: float | None = None,
+                           source: str = "auto") -> tuple[dict, list[Finding]]:
+    """The run's coverage (:func:`.coverage.run_coverage`) and its findings (``source``: :data:`.load.SOURCES`)."""
+    return analyse(run_dir, lambda run: (coverage.run_coverage(run), diagnose_run(run, link_bytes_per_s)), source)
 
 
-def diagnose_command(run_dir: str | Path, json_out: bool = False, link_bytes_per_s: float | None = None, file=None) -> int:
+def diagnose_command(run_dir: str | Path, json_out: bool = False, link_bytes_per_s: float | None = None, file=None,
+                     source: str = "auto") -> int:
     """Print the diagnosis of ``run_dir`` (JSON list of findings, or rich text); returns the exit status."""
-    cov, findings = diagnose_with_coverage(run_dir, link_bytes_per_s)
+    cov, findings = diagnose_with_coverage(run_dir, link_bytes_per_s, source)
     out = file or sys.stdout
     if json_out:
         print(json.dumps([f.to_dict() for f in findings], indent=2, default=str), file=out)

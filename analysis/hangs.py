@@ -69,7 +69,7 @@ def hang_summary(run: Run) -> dict | None:
         return None
     finding = _finding(run)
     t0 = run.t0_ns
-    starts = dict(run.sql("SELECT rank, min(start_ns) FROM spans GROUP BY rank")) if run.has(schema.SPANS) else {}
+    starts = {r: a for r, (a, _, _) in run.span_extent.items()}
     end_ns = max([e["last_seen_ns"] for e in states.values() if e.get("last_seen_ns")] +
                  [e[k]["ts_ns"] for e in states.values() for k in ("hang", "error", "resumed") if e.get(k)], default=None)
     culprits = set(finding.evidence.get("culprit_ranks", finding.ranks)) if finding else set()

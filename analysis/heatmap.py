@@ -36,7 +36,10 @@ def rank_heatmap(run: Run, buckets: int = BUCKETS) -> dict | None:
         return None
     lo, hi = window
     width = max(1, -(-(hi - lo) // buckets))
-    rows = run.sql(
+    if run.zoom:  # scale mode: a cell per rank and rollup interval (starts on the ranks' own clocks: off by their offsets)
+        width = schema.ROLLUP_INTERVAL_NS
+        lo = run.sql("SELECT min(interval_ns) FROM rollups WHERE kind = ?", [schema.KIND_STEP])[0][0]
+    rows = _rollup_cells(run, lo) if run.zoom else run.sql(
         "SELECT host, rank, (start_ns - $lo) // $w AS b, avg(end_ns - start_ns) FILTER (WHERE kind = $step) / 1e9, "
         "sum(end_ns - start_ns) FILTER (WHERE kind = $phase AND name = $data) / 1e9 / count(*) FILTER (WHERE kind = $step), "
         "sum(end_ns - start_ns) FILTER (WHERE kind = $comm) / 1e9 / count(*) FILTER (WHERE kind = $step) "
@@ -71,3 +74,16 @@ def rank_heatmap(run: Run, buckets: int = BUCKETS) -> dict | None:
             if len(host_ratio) > 1 else [],
         }
     return out
+
+
+def _rollup_cells(run: Run, first_interval: int) -> list[tuple]:
+    """(host, rank, interval index, mean step s, data wait s per step, comm s per step) from the rollups."""
+    return run.sql(
+        "SELECT host, rank, (interval_ns - $lo) // $w AS b, sum(sum_ns) FILTER (WHERE kind = $step) / "
+        "sum(count) FILTER (WHERE kind = $step) / 1e9, "
+        "coalesce(sum(sum_ns) FILTER (WHERE kind = $phase AND name = $data), 0) / sum(count) FILTER (WHERE kind = $step) / 1e9, "
+        "coalesce(sum(sum_ns) FILTER (WHERE kind = $comm), 0) / sum(count) FILTER (WHERE kind = $step) / 1e9 "
+        "FROM rollups WHERE kind = $step OR kind = $comm OR (kind = $phase AND name = $data) "
+        "GROUP BY ALL HAVING sum(count) FILTER (WHERE kind = $step) > 0",
+        {"lo": first_interval, "w": schema.ROLLUP_INTERVAL_NS, "step": schema.KIND_STEP, "phase": schema.KIND_PHASE,
+         "data": schema.PHASE_DATA, "comm": schema.KIND_COMM})

@@ -102,6 +102,9 @@ def _overview(summary: dict) -> list[str]:
     notes = summary["problems"] + [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
     notes += [f"ranks with no steady-state steps: {summary['ranks_without_steps']}"] * bool(summary["ranks_without_steps"])
     notes += [n for n in [stopped_ranks_note(summary)] if n]
+    source = summary.get("source") or {}
+    if source.get("mode") == "rollups":
+        notes.append(f"read from rollups ({source['rank_hours']:g} rank-hours): {source['note']}")
     out += [f'<p class="note">{_esc(p)}</p>' for p in notes]
     out.append("".join(f'<div class="kpi">{_esc(k)}<b>{_esc(v)}</b></div>' for k, v in kpis))
     if (line := cost_line(summary.get("profiling_cost"))) is not None:

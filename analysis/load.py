@@ -12,17 +12,28 @@ steady state is defined here once: ``steady_spans`` (the spans of the steps
 after warm-up) and, per kind, ``steady_steps``, ``steady_phases`` and
 ``steady_comm``; ``steady_memory``. Other queries take kinds, phases and
 metrics as parameters.
+
+A large recording (``SCALE_RANK_HOURS`` rank-hours or more, every rank with
+rollups) opens in *scale mode*: whole-run figures come from the rollups
+(:mod:`analysis.rollups`), ``samples`` is one reading per series and rollup
+interval made from them (a gauge's mean at the interval's middle, a counter's
+last reading at its end), and ``spans`` and ``memory`` hold only the raw rows
+of the zoom window (``Run.zoom``: ``ZOOM_STEPS`` steady steps in the middle of
+the run), which the figures that need single spans (overlap of communication
+with compute, arrival at collectives, the memory breakdown) read.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, TypeVar
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tbdprof import clock, schema, store
@@ -39,8 +50,26 @@ TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",)
                 schema.ROLLUPS: ("start_ns", "end_ns")}  # per-interval summaries (analysis/rollups.py); none in older stores
 
 
+SCALE_RANK_HOURS = 16.0  # a recording this large (ranks x hours) or larger opens in scale mode
+ZOOM_STEPS = 100  # steady steps whose raw spans and memory rows scale mode reads
+SOURCES = ("auto", "raw", "rollups")  # how open_run reads a run: by its size, raw rows always, rollups where present
+SCALE_TABLES = (schema.SPANS, schema.SAMPLES, schema.MEMORY, schema.ROLLUPS)  # read differently in scale mode
+
+
 class RunError(UserError):
     """The folder is not a readable run."""
+
+
+@dataclass(frozen=True)
+class Zoom:
+    """Scale mode's window of raw rows: the spans and memory rows of steps ``first``..``last``."""
+
+    first: int
+    last: int
+
+    @property
+    def steps(self) -> int:
+        return self.last - self.first + 1
 
 
 @dataclass
@@ -52,6 +81,8 @@ class Run:
     problems: list[str] = field(default_factory=list)
     con: duckdb.DuckDBPyConnection | None = None
     optional_present: dict[str, frozenset[str]] = field(default_factory=dict)  # segment path -> its optional columns
+    zoom: Zoom | None = None  # scale mode: whole-run figures from the rollups, raw rows of these steps only
+    rollup_table: pa.Table | None = None  # scale mode: every rank's rollup rows, with rank and host
 
     @property
     def world_size(self) -> int:
@@ -80,12 +111,42 @@ class Run:
     @cached_property
     def t0_ns(self) -> int | None:
         """The run's first timestamp on the aligned clock (spans and samples); the zero of every timeline."""
+        if self.zoom:
+            return self.sql("SELECT min(start_ns) FROM rollups")[0][0]
         return self.sql("SELECT min(t) FROM (SELECT min(start_ns) AS t FROM spans UNION ALL SELECT min(ts_ns) FROM samples)")[0][0]
+
+    def source(self) -> dict:
+        """How the run was read (summary.json's ``source``): ``mode`` raw or rollups, its size in rank-hours and, in
+        scale mode, the zoom window's steps and what comes from where."""
+        out = {"mode": "rollups" if self.zoom else "raw", "rank_hours": round(rank_hours(self.ranks), 3)}
+        if self.zoom:
+            out |= {"zoom_steps": [self.zoom.first, self.zoom.last],
+                    "note": (f"whole-run figures from the per-minute rollups (warm-up steps included, quantiles within 1%); "
+                             f"samples one reading per series and minute; overlap of communication, arrival at collectives "
+                             f"and the memory breakdown from the raw rows of steps {self.zoom.first}-{self.zoom.last}")}
+        return out
+
+    @cached_property
+    def span_extent(self) -> dict[int, tuple[int, int, int | None]]:
+        """Per rank with spans: (first span start, last span end, last step recorded), aligned ns; in scale
+        mode from the rollups (the whole run, not the zoom window)."""
+        if self.zoom:
+            rows = self.sql("SELECT rank, min(start_ns), max(end_ns), max(last_step) FILTER (WHERE kind = ?) FROM rollups "
+                            "WHERE list_contains(?, kind) GROUP BY rank", [schema.KIND_STEP, list(schema.SPAN_KINDS)])
+        else:
+            rows = self.sql("SELECT rank, min(start_ns), max(end_ns), max(step) FILTER (WHERE kind = ?) FROM spans GROUP BY rank",
+                            [schema.KIND_STEP])
+        return {r: (a, b, step) for r, a, b, step in rows}
 
     @cached_property
     def steady_window(self) -> tuple[int, int] | None:
-        """(start, end) in aligned ns from the first steady-state step's start to the last step's end."""
-        row = self.sql("SELECT min(start_ns), max(end_ns) FROM steady_steps")
+        """(start, end) in aligned ns from the first steady-state step's start to the last step's end (in scale
+        mode from the step rollups: from the first rollup interval with a steady step)."""
+        if self.zoom:
+            row = self.sql("SELECT min(start_ns), max(end_ns) FROM rollups WHERE kind = ? AND last_step >= ?",
+                           [schema.KIND_STEP, self.warmup_steps])
+        else:
+            row = self.sql("SELECT min(start_ns), max(end_ns) FROM steady_steps")
         return None if row[0][0] is None else (row[0][0], row[0][1])
 
 
@@ -125,10 +186,22 @@ def run_folder(path: str | Path) -> Path:
     return path
 
 
-def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
+def rank_hours(ranks: dict[int, dict]) -> float:
+    """The recording's size in rank-hours, from each rank.json's start and end (0 where they are missing)."""
+    total = 0
+    for m in ranks.values():
+        start, end = m.get("start_ns"), m.get("end_ns")
+        if isinstance(start, int) and isinstance(end, int) and end > start:
+            total += end - start
+    return total / 3.6e12
+
+
+def open_run(path: str | Path, skip: dict[str, str] | None = None, source: str = "auto") -> Run:
     """Load a run folder. Raises :class:`RunError` when nothing in it is readable.
 
-    ``skip`` maps segment paths to leave out to the reason listed in ``problems``.
+    ``skip`` maps segment paths to leave out to the reason listed in ``problems``. ``source``
+    (:data:`SOURCES`): ``auto`` opens a recording of ``SCALE_RANK_HOURS`` or more in scale mode when
+    every rank has rollups, ``rollups`` does so whenever every rank has them, ``raw`` never.
     """
     path = run_folder(path)
     problems: list[str] = []
@@ -141,6 +214,7 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
     ranks: dict[int, dict] = {}
     files: dict[str, list[str]] = {t: [] for t in schema.TABLES}
     optional_present: dict[str, frozenset[str]] = {}
+    segments: dict[tuple[int, str], list[Path]] = {}
     for rdir in sorted(path.glob("host=*/rank=*")):
         try:
             rank = int(rdir.name.split("=", 1)[1])
@@ -159,20 +233,62 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None) -> Run:
             rmeta["deep"] = deep  # its deep windows (deep.json)
         ranks[rank] = rmeta
         for table in schema.TABLES:
-            for seg in store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}"))):
-                why, present = (skip or {}).get(str(seg)), frozenset()
-                if not why:
-                    why, present = _check_segment(seg, table)
-                if why:
-                    problems.append(f"rank {rank}: {why}")
-                else:
-                    files[table].append(str(seg))
-                    optional_present[str(seg)] = present
+            segments[(rank, table)] = store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}")))
     if not ranks:
         raise RunError(f"{path}: no rank folders with data")
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r}: not one of {SOURCES}")
+    with_rollups = all(segments.get((r, schema.ROLLUPS)) for r in ranks)
+    scale = with_rollups and (source == "rollups" or source == "auto" and rank_hours(ranks) >= SCALE_RANK_HOURS)
+    rollups = []
+    for (rank, table), segs in segments.items():
+        if scale and table in SCALE_TABLES:  # read whole (rollups) or by the zoom's steps; a bad one fails the query
+            if table == schema.ROLLUPS:
+                rollups += [(rank, ranks[rank]["host"], seg) for seg in segs if str(seg) not in (skip or {})]
+            else:
+                files[table] += [str(seg) for seg in segs if str(seg) not in (skip or {})]
+            continue
+        for seg in segs:
+            why, present = (skip or {}).get(str(seg)), frozenset()
+            if not why:
+                why, present = _check_segment(seg, table)
+            if why:
+                problems.append(f"rank {rank}: {why}")
+            else:
+                files[table].append(str(seg))
+                optional_present[str(seg)] = present
     run = Run(path, meta, ranks, files, problems, optional_present=optional_present)
+    if scale:
+        run.rollup_table = _read_rollups(rollups, problems)
+        files[schema.ROLLUPS] = [str(seg) for _, _, seg in rollups]
     run.con = _connect(run)
     return run
+
+
+def _read_rollups(segments: list[tuple[int, str, Path]], problems: list[str]) -> pa.Table:
+    """Every (rank, host, segment) rollup file read whole (in threads: the reads release the GIL), with its
+    rank and host as columns; an unreadable one is left out and listed in ``problems``."""
+    fields = schema.TABLES[schema.ROLLUPS]
+
+    def read(item):
+        rank, host, seg = item
+        try:
+            t = pq.read_table(seg, columns=[f.name for f in fields])
+        except Exception as e:  # noqa: BLE001 - truncated, not Parquet, columns missing
+            return rank, f"{Path(seg).name}: unreadable ({e.__class__.__name__})"
+        return rank, t.append_column("host", pa.array([host] * t.num_rows, pa.string())).append_column(
+            "rank", pa.array([rank] * t.num_rows, pa.int64()))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(read, segments))
+    tables = []
+    for rank, t in results:
+        if isinstance(t, str):
+            problems.append(f"rank {rank}: {t}")
+        else:
+            tables.append(t.cast(pa.schema([*fields, pa.field("host", pa.string()), pa.field("rank", pa.int64())])))
+    return pa.concat_tables(tables) if tables else pa.schema(
+        [*fields, pa.field("host", pa.string()), pa.field("rank", pa.int64())]).empty_table()
 
 
 def _damaged_segments(run: Run) -> dict[str, str]:
@@ -187,17 +303,17 @@ def _damaged_segments(run: Run) -> dict[str, str]:
     return bad
 
 
-def analyse(path: str | Path, fn: Callable[[Run], T]) -> T:
-    """``fn(open_run(path))``. When DuckDB fails on data damaged past a segment's footer, the
+def analyse(path: str | Path, fn: Callable[[Run], T], source: str = "auto") -> T:
+    """``fn(open_run(path, source=source))``. When DuckDB fails on data damaged past a segment's footer, the
     damaged segments are found, left out (listed in ``problems``) and ``fn`` runs once more."""
-    run = open_run(path)
+    run = open_run(path, source=source)
     try:
         return fn(run)
     except duckdb.Error:
         bad = _damaged_segments(run)
         if not bad:
             raise
-    return fn(open_run(path, skip=bad))
+    return fn(open_run(path, skip=bad, source=source))
 
 
 def _clock_params(run: Run) -> list[tuple[int, float, float, int]]:
@@ -228,7 +344,11 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
     con.execute("SET threads TO 2")
     con.execute("SET enable_progress_bar = false")
     clocks = {rank: (a, b, t0) for rank, a, b, t0 in _clock_params(run)}
+    if run.rollup_table is not None:
+        _define_scale_views(con, run, clocks)
     for table, cols in TIME_COLUMNS.items():
+        if run.zoom is not None and table in SCALE_TABLES:
+            continue
         by_rank: dict[tuple[str, int], list[str]] = {}
         for path in run.files[table]:
             rank_dir = Path(path).parent
@@ -256,6 +376,53 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
     windows.define_views(con, run.ranks)  # spans without deep-window steps; spans_all with them
     _define_steady_views(con, run.warmup_steps)
     return con
+
+
+def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[int, tuple[float, float, int]]) -> None:
+    """Scale mode's views: ``rollups`` (the rows read by :func:`_read_rollups`, on the aligned clock),
+    ``samples`` from them, and ``spans`` and ``memory`` of the zoom window's steps (one scan of all
+    segments, each row given its rank, host and clock shift by its file); sets ``run.zoom``."""
+    con.execute("CREATE TABLE _clock (rank BIGINT, a DOUBLE, b DOUBLE, t0 BIGINT)")
+    con.executemany("INSERT INTO _clock VALUES (?, ?, ?, ?)", [(r, a, b, t0) for r, (a, b, t0) in clocks.items()])
+    con.register("_rollups_raw", run.rollup_table)
+    shift = "CAST(round(coalesce(c.a, 0) + coalesce(c.b, 0) * ({col} - coalesce(c.t0, 0))) AS BIGINT)"
+    cols = ", ".join(f"r.{f.name} + {shift.format(col='r.' + f.name)} AS {f.name}" if f.name in ("start_ns", "end_ns")
+                     else f"r.{f.name}" for f in schema.TABLES[schema.ROLLUPS])
+    con.execute(f"CREATE TABLE rollups AS SELECT {cols}, r.host, r.rank FROM _rollups_raw r LEFT JOIN _clock c USING (rank)")
+    con.unregister("_rollups_raw")
+    run.rollup_table = None  # DuckDB holds its own copy now
+    gauge, counter = _sql_str(schema.ROLLUP_GAUGE), _sql_str(schema.ROLLUP_COUNTER)
+    con.execute(
+        f"CREATE VIEW samples AS SELECT CASE WHEN kind = {counter} THEN max(end_ns) ELSE (min(start_ns) + max(end_ns)) // 2 END AS ts_ns, "
+        f"name AS metric, device, CASE WHEN kind = {counter} THEN max(value_max) ELSE sum(value_sum) / sum(count) END AS value, "
+        f"host, rank FROM rollups WHERE kind IN ({gauge}, {counter}) GROUP BY rank, host, interval_ns, kind, name, device")
+    first, last = con.execute(
+        "SELECT max(lo), min(hi) FROM (SELECT rank, min(first_step) AS lo, max(last_step) AS hi FROM rollups "
+        "WHERE kind = ? GROUP BY rank)", [schema.KIND_STEP]).fetchone()
+    if first is None:
+        run.zoom = Zoom(0, -1)
+    else:
+        first = max(first, run.warmup_steps)
+        mid = (first + last) // 2
+        lo = max(first, mid - ZOOM_STEPS // 2)
+        run.zoom = Zoom(lo, min(last, lo + ZOOM_STEPS - 1))
+    con.execute("CREATE TABLE _file (filename VARCHAR, rank BIGINT, host VARCHAR)")
+    for table in (schema.SPANS, schema.MEMORY):
+        con.executemany("INSERT INTO _file VALUES (?, ?, ?)", [(f, int(Path(f).parent.name.split("=", 1)[1]),
+                                                                Path(f).parent.parent.name.split("=", 1)[1]) for f in run.files[table]])
+        fields = schema.TABLES[table]
+        if not run.files[table]:
+            nulls = ", ".join(f"NULL::{_duck_type(f)} AS {f.name}" for f in fields)
+            con.execute(f"CREATE VIEW {table} AS SELECT {nulls}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false")
+            continue
+        select = ", ".join(f"t.{f.name} + {shift.format(col='t.' + f.name)} AS {f.name}" if f.name in TIME_COLUMNS[table]
+                           else f"t.{f.name}" for f in fields)
+        plist = "[" + ", ".join(_sql_str(p) for p in run.files[table]) + "]"
+        con.execute(
+            f"CREATE TABLE _zoom_{table} AS SELECT {select}, fl.host, fl.rank FROM read_parquet({plist}, hive_partitioning=false, "
+            f"union_by_name=true, filename=true) t JOIN _file fl USING (filename) LEFT JOIN _clock c ON c.rank = fl.rank "
+            f"WHERE t.step BETWEEN {run.zoom.first} AND {run.zoom.last}")
+        con.execute(f"CREATE VIEW {table} AS SELECT * FROM _zoom_{table}")
 
 
 # The steady state, written once: the spans and memory rows of the steps after warm-up (deep-window steps

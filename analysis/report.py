@@ -40,8 +40,7 @@ REPORT_FILE = "report.html"
 
 def _last_seen_s(run: Run) -> dict[int, float]:
     """Per rank, seconds from the run's start to its last recorded span (where a killed rank stopped)."""
-    rows = run.sql("SELECT rank, max(end_ns) FROM spans GROUP BY rank") if run.has(schema.SPANS) else []
-    return {r: (t - run.t0_ns) / 1e9 for r, t in rows if t is not None}
+    return {r: (t - run.t0_ns) / 1e9 for r, (_, t, _) in run.span_extent.items() if t is not None}
 
 
 def _rank_entries(run: Run, steps: dict) -> list[dict]:
@@ -80,6 +79,7 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
     summary = {
         "schema_version": schema.SCHEMA_VERSION,
         "run": meta | {"config": rank0},
+        "source": run.source(),
         "coverage": summary_coverage(run_coverage(run)),
         "world_size": expected,
         "hosts": sorted({r["host"] for r in ranks if r["host"]}),
@@ -117,7 +117,8 @@ def summarize(run: Run, link_bytes_per_s: float | None = None) -> dict:
     return summary
 
 
-def report(run_dir: str | Path, json_only: bool = False, html_report: bool = True, link_bytes_per_s: float | None = None) -> dict:
+def report(run_dir: str | Path, json_only: bool = False, html_report: bool = True, link_bytes_per_s: float | None = None,
+           source: str = "auto") -> dict:
     """Analyse ``run_dir``; write summary.json and report.html into it; print the summary.
 
     Raises :class:`~.load.RunError` (one line, exit 2 from the CLI) only when
@@ -130,7 +131,7 @@ def report(run_dir: str | Path, json_only: bool = False, html_report: bool = Tru
         summary = summarize(run, link_bytes_per_s)
         return summary, render_html(run, summary) if html_report else None
 
-    summary, page = analyse(run_dir, build)
+    summary, page = analyse(run_dir, build, source)
     written = [run_dir / SUMMARY_FILE] + [run_dir / REPORT_FILE] * html_report
     try:
         store.write_json_atomic(run_dir / SUMMARY_FILE, summary)

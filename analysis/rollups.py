@@ -32,6 +32,8 @@ class Merged:
     items: int | None = None
     units: int | None = None
     hist: dict[int, int] = field(default_factory=dict)  # duration bucket -> spans
+    start_ns: int | None = None  # earliest span start
+    end_ns: int | None = None  # latest span end
 
     def add(self, other: Merged) -> None:
         """Merge ``other`` into this one (ranks into a whole run)."""
@@ -44,6 +46,8 @@ class Merged:
                 setattr(self, f, (getattr(self, f) or 0) + getattr(other, f))
         for b, n in other.hist.items():
             self.hist[b] = self.hist.get(b, 0) + n
+        self.start_ns = other.start_ns if self.start_ns is None else min(self.start_ns, other.start_ns)
+        self.end_ns = other.end_ns if self.end_ns is None else max(self.end_ns, other.end_ns)
 
     def quantile_ns(self, q: float) -> float | None:
         """The nearest-rank ``q`` quantile of the durations (the one at rank ceil(q * count)), from the
@@ -57,6 +61,14 @@ class Merged:
                 return min(max(schema.bucket_value(b), self.min_ns), self.max_ns)
         return float(self.max_ns)
 
+    def stdev_ns(self) -> float:
+        """The sample standard deviation of the durations, from the histogram (each span at its bucket's middle)."""
+        if self.count < 2:
+            return 0.0
+        mean = self.sum_ns / self.count
+        sq = sum(n * (schema.bucket_value(b) - mean) ** 2 for b, n in self.hist.items())
+        return math.sqrt(sq / (self.count - 1))
+
     def figures(self) -> dict:
         """count, sums, min/max and the QUANTILES of the durations, in ns."""
         out = {"count": self.count, "sum_ns": self.sum_ns, "min_ns": self.min_ns, "max_ns": self.max_ns,
@@ -66,12 +78,32 @@ class Merged:
 
 
 def merged(run: Run, kind: str) -> dict[tuple[int, str], Merged]:
-    """Per (rank, name) the merged rollups of the spans of ``kind`` (a schema span kind)."""
+    """Per (rank, name) the merged rollups of the spans of ``kind`` (a schema span kind); once per run."""
+    return run.cached(("rollups", kind), lambda: _merged(run, kind))
+
+
+def stats_row(m: Merged) -> tuple:
+    """``m`` as the row :func:`analysis.steps.step_stats` reads from SQL: count, [median, p90, p99], min, max,
+    mean, stdev (seconds), items, first start, last end (ns), units."""
+    s = 1e9
+    return (m.count, [m.quantile_ns(q) / s for q in (0.5, 0.9, 0.99)], m.min_ns / s, m.max_ns / s, m.sum_ns / m.count / s,
+            m.stdev_ns() / s, m.items, m.start_ns, m.end_ns, m.units)
+
+
+def all_ranks(by_rank: dict[tuple[int, str], Merged]) -> dict[str, Merged]:
+    """Per name, ``by_rank``'s rows of every rank merged."""
+    out: dict[str, Merged] = {}
+    for (_, name), m in sorted(by_rank.items()):
+        out.setdefault(name, Merged()).add(m)
+    return out
+
+
+def _merged(run: Run, kind: str) -> dict[tuple[int, str], Merged]:
     out: dict[tuple[int, str], Merged] = {}
-    for rank, name, count, sum_ns, lo, hi, nbytes, items, units in run.sql(
-            "SELECT rank, name, sum(count), sum(sum_ns), min(min_ns), max(max_ns), sum(bytes), sum(items), sum(units) "
-            "FROM rollups WHERE kind = ? GROUP BY rank, name", [kind]):
-        out[(rank, name)] = Merged(int(count), int(sum_ns), lo, hi, _int(nbytes), _int(items), _int(units))
+    for rank, name, count, sum_ns, lo, hi, nbytes, items, units, start, end in run.sql(
+            "SELECT rank, name, sum(count), sum(sum_ns), min(min_ns), max(max_ns), sum(bytes), sum(items), sum(units), "
+            "min(start_ns), max(end_ns) FROM rollups WHERE kind = ? GROUP BY rank, name", [kind]):
+        out[(rank, name)] = Merged(int(count), int(sum_ns), lo, hi, _int(nbytes), _int(items), _int(units), start_ns=start, end_ns=end)
     for rank, name, bucket, n in run.sql(
             "SELECT rank, name, b, sum(c) FROM (SELECT rank, name, unnest(hist_bucket) AS b, unnest(hist_count) AS c "
             "FROM rollups WHERE kind = ?) GROUP BY rank, name, b", [kind]):
@@ -95,16 +127,10 @@ def whole_run(run: Run) -> dict | None:
         every.add(m)
     out = {"ranks": {rank: m.figures() for (rank, _), m in sorted(steps.items())}, "steps": every.figures()}
     phases = merged(run, schema.KIND_PHASE)
-    out["phases"] = {name: m.figures() for name, m in _all_ranks(phases).items()}
+    out["phases"] = {name: m.figures() for name, m in all_ranks(phases).items()}
     out["phases_by_rank"] = {}
     for (rank, name), m in sorted(phases.items()):
         out["phases_by_rank"].setdefault(rank, {})[name] = m.sum_ns
-    out["comm"] = {name: m.figures() for name, m in _all_ranks(merged(run, schema.KIND_COMM)).items()}
+    out["comm"] = {name: m.figures() for name, m in all_ranks(merged(run, schema.KIND_COMM)).items()}
     return out
 
-
-def _all_ranks(by_rank: dict[tuple[int, str], Merged]) -> dict[str, Merged]:
-    out: dict[str, Merged] = {}
-    for (_, name), m in sorted(by_rank.items()):
-        out.setdefault(name, Merged()).add(m)
-    return out

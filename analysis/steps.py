@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tbdprof import schema
 
+from . import rollups
 from .load import Run
 from .timeline import Series, span_series
 
@@ -29,12 +30,19 @@ def step_stats(run: Run) -> dict:
     much slower the slowest rank's median step is than the fastest's.
     """
     warm = run.warmup_steps
-    inner = "SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, units, start_ns, end_ns FROM steady_steps"
-    total = run.sql(f"SELECT {_STATS} FROM ({inner})")[0]
+    if run.zoom:  # scale mode: from the step rollups (whole run; the warm-up steps of the first interval included)
+        by_rank = {r: m for (r, _), m in rollups.merged(run, schema.KIND_STEP).items() if m.count}
+        every = rollups.all_ranks({(r, ""): m for r, m in by_rank.items()}).get("")
+        total = rollups.stats_row(every) if every else (0,)
+        rank_rows = [(r, *rollups.stats_row(m)) for r, m in sorted(by_rank.items())]
+    else:
+        inner = "SELECT rank, (end_ns - start_ns) / 1e9 AS d, items, units, start_ns, end_ns FROM steady_steps"
+        total = run.sql(f"SELECT {_STATS} FROM ({inner})")[0]
+        rank_rows = run.sql(f"SELECT rank, {_STATS} FROM ({inner}) GROUP BY rank ORDER BY rank") if total[0] else []
     unit = throughput_unit(run)
     if not total[0]:
         return {"steps": 0, "warmup_steps": warm, "unit": unit, "per_rank": {}, "ranks_without_steps": sorted(run.ranks)}
-    per_rank = {str(r): _stats(row) for r, *row in run.sql(f"SELECT rank, {_STATS} FROM ({inner}) GROUP BY rank ORDER BY rank")}
+    per_rank = {str(r): _stats(row) for r, *row in rank_rows}
     overall = _stats(total)
     wall = overall["last_end_ns"] - overall["first_start_ns"]
     items = overall["items"]

@@ -64,6 +64,13 @@ def header_subject(run: dict) -> str:
     return f"workload={run.get('workload') or '-'} preset={run.get('preset') or '-'}"
 
 
+def _after_warmup(summary: dict) -> str:
+    """How the step count treats warm-up: the rollups of scale mode count the warm-up steps too."""
+    if (summary.get("source") or {}).get("mode") == "rollups":
+        return f"with {summary['warmup_steps']} warm-up"
+    return f"after {summary['warmup_steps']} warm-up"
+
+
 def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     """Print the headline figures and one table per analysis."""
     from rich.markup import escape
@@ -77,6 +84,9 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     print_hangs(con, summary.get("hangs"))  # a hang or a dead rank first: its title and where each rank is
     if summary.get("coverage"):
         print_coverage(con, summary["coverage"])
+    source = summary.get("source") or {}
+    if source.get("mode") == "rollups":
+        con.print(f"read from rollups ({source['rank_hours']:g} rank-hours): {escape(source['note'])}")
     notes = list(summary["problems"])
     notes += [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
     notes += [n for n in [stopped_ranks_note(summary)] if n]
@@ -89,7 +99,7 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
         st, tp, sp = summary["step_time_s"], summary["throughput"], summary["step_time_spread"]
         con.print(f"throughput {fmt_num(tp['per_s'])} {tp['unit']}/s   step time median {fmt_s(st['median'])}  "
                   f"p90 {fmt_s(st['p90'])}  p99 {fmt_s(st['p99'])}  cv {fmt_pct(sp.get('cv'))}  "
-                  f"rank spread {fmt_pct(sp.get('rank_spread'))}   ({summary['steps']} steps after {summary['warmup_steps']} warm-up)",
+                  f"rank spread {fmt_pct(sp.get('rank_spread'))}   ({summary['steps']} steps {_after_warmup(summary)})",
                   markup=False)
     from .cost import cost_line
 

@@ -116,6 +116,13 @@ def metric_series(run: Run, metric: str, max_points: int = MAX_POINTS, scale: fl
 def span_series(run: Run, kind: str, name: str | None = None, max_points: int = MAX_POINTS) -> Series:
     """Per rank, the mean duration (s) of the spans of ``kind`` (named ``name``, or all), bucketed by start time."""
     where, params = ("kind = ?", [kind]) if name is None else ("kind = ? AND name = ?", [kind, name])
+    if run.zoom:  # scale mode: one point per rank and rollup interval, at the interval's middle (the same x for all ranks)
+        rows = run.sql(f"SELECT rank, interval_ns + ? - ?, sum(sum_ns) / sum(count) / 1e9 FROM rollups "
+                       f"WHERE {where} GROUP BY rank, interval_ns ORDER BY ALL", [schema.ROLLUP_INTERVAL_NS // 2, run.t0_ns, *params])
+        out = {}
+        for rank, mid_ns, value in rows:
+            out.setdefault(f"rank {rank}", []).append((mid_ns / 1e9, value))
+        return out
     width = _width(run, run.sql(f"SELECT max(start_ns) FROM spans WHERE {where}", params)[0][0], max_points)
     if width is None:
         return {}

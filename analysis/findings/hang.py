@@ -83,9 +83,10 @@ def rank_states(run) -> dict[int, dict]:
     """Per rank: ``state`` (hung, failed, dead, resumed, running, complete, terminated...) and its evidence."""
     rows = run.sql("SELECT rank, step, event, ts_ns, since_ns, threshold_s, place, waiting_in, location, phase, "
                    "collective, stacks FROM hangs ORDER BY rank, ts_ns") if run.has(schema.HANGS) else []
-    last_seen = dict(run.sql("SELECT rank, max(t) FROM (SELECT rank, max(end_ns) AS t FROM spans GROUP BY rank "
-                             "UNION ALL SELECT rank, max(ts_ns) FROM samples GROUP BY rank) GROUP BY rank"))
-    steps = dict(run.sql("SELECT rank, max(step) FROM spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP]))
+    last_seen = dict(run.sql("SELECT rank, max(ts_ns) FROM samples GROUP BY rank"))
+    for rank, (_, end, _) in run.span_extent.items():
+        last_seen[rank] = max(end, last_seen.get(rank) or end)
+    steps = {r: step for r, (_, _, step) in run.span_extent.items() if step is not None}
     status = _status_files(run)
     exits = launcher_exits(run)
     out: dict[int, dict] = {}

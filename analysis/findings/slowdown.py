@@ -45,7 +45,8 @@ def slowdown(ctx: Context) -> list[Finding]:
     at, before, after, slow_steps, steps, bucket_steps = change
     rise = after - before
     run = ctx.run
-    start_ns = run.sql("SELECT min(start_ns) FROM steady_steps WHERE step >= ?", [at])[0][0]
+    start_ns = run.sql("SELECT min(start_ns) FROM rollups WHERE kind = ? AND first_step >= ?", [schema.KIND_STEP, at]
+                       )[0][0] if run.zoom else run.sql("SELECT min(start_ns) FROM steady_steps WHERE step >= ?", [at])[0][0]
     parts = _parts(ctx, at)
     late, part, part_rise = _who(parts, rise)
     ranks = sorted(late) if late else sorted(parts) or sorted(run.ranks)
@@ -84,7 +85,13 @@ def slowdown(ctx: Context) -> list[Finding]:
 
 def _buckets(ctx: Context) -> list[tuple[int, int, float]]:
     """(first step, steps, median step time in s) of each bucket of consecutive steady steps, in step order;
-    a step's time is the longest over the ranks that recorded it."""
+    a step's time is the longest over the ranks that recorded it. In scale mode a bucket is a rollup interval,
+    its time the highest mean step of any rank in it."""
+    if ctx.run.zoom:
+        return ctx.run.sql(
+            "SELECT min(first_step), max(count), max(sum_ns / count) / 1e9 FROM (SELECT rank, interval_ns, min(first_step) AS "
+            "first_step, sum(count) AS count, sum(sum_ns) AS sum_ns FROM rollups WHERE kind = $step AND last_step >= $warm "
+            "GROUP BY ALL) GROUP BY interval_ns ORDER BY 1", {"step": schema.KIND_STEP, "warm": ctx.run.warmup_steps})
     return ctx.run.sql(
         f"WITH s AS (SELECT step, max(step_ns) AS d FROM {ctx._step_table} GROUP BY step), "
         "r AS (SELECT min(step) AS a, max(step) - min(step) + 1 AS span, count(*) AS n FROM s) "
@@ -131,6 +138,8 @@ def _parts(ctx: Context, at: int) -> dict[int, dict[str, tuple[float, float]]]:
     outside the blocking phases where a rank waits for the others), (median before, median after) in s, over
     at most :data:`SAMPLED_STEPS` evenly spaced steady steps."""
     run = ctx.run
+    if run.zoom:
+        return _parts_from_rollups(run, at)
     warm = run.warmup_steps
     last = run.sql(f"SELECT max(step) FROM {ctx._step_table}")[0][0]
     every = max(1, -(-(last - warm + 1) // SAMPLED_STEPS))
@@ -152,6 +161,31 @@ def _parts(ctx: Context, at: int) -> dict[int, dict[str, tuple[float, float]]]:
         if before is not None and after is not None:
             out.setdefault(rank, {})[part] = (before, after)
     return {r: p for r, p in sorted(out.items()) if OWN in p}
+
+
+def _parts_from_rollups(run, at: int) -> dict[int, dict[str, tuple[float, float]]]:
+    """:func:`_parts` in scale mode: per rank and part, the mean seconds per step of the rollup intervals before
+    and from the one holding step ``at``."""
+    rows = run.sql(
+        "SELECT rank, CASE WHEN kind = $step THEN $total ELSE name END, first_step >= $at AS after, sum(sum_ns), "
+        "sum(count) FILTER (WHERE kind = $step) FROM rollups WHERE kind = $step OR kind = $phase GROUP BY ALL",
+        {"step": schema.KIND_STEP, "phase": schema.KIND_PHASE, "total": STEP, "at": at})
+    steps = {(r, after): n for r, part, after, _, n in rows if part == STEP}
+    ns = {}
+    for rank, part, after, total, _ in rows:
+        if steps.get((rank, after)):
+            ns.setdefault(rank, {}).setdefault(part, [None, None])[int(after)] = total / steps[(rank, after)] / 1e9
+    out: dict[int, dict] = {}
+    for rank, parts in ns.items():
+        if STEP not in parts or None in parts[STEP]:
+            continue
+        step = parts[STEP]
+        waits = [sum(parts.get(p, [0.0, 0.0])[i] or 0.0 for p in BLOCKING) for i in (0, 1)]
+        phased = [sum(v[i] or 0.0 for p, v in parts.items() if p != STEP) for i in (0, 1)]
+        parts[OWN] = [step[i] - waits[i] for i in (0, 1)]
+        parts[OUTSIDE] = [max(0.0, step[i] - phased[i]) for i in (0, 1)]
+        out[rank] = {p: tuple(v) for p, v in parts.items() if None not in v}
+    return dict(sorted(out.items()))
 
 
 def _rises(parts: dict) -> dict[int, dict[str, float]]:

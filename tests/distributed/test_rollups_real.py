@@ -61,3 +61,50 @@ def test_one_row_per_minute_whatever_the_flushes_and_the_samples_too(run):
         "(SELECT max(value) - min(value) FROM samples WHERE metric = 'io.read_chars' AND rank = 0)",
         {"c": schema.ROLLUP_COUNTER})
     assert raw > 0 and increase == pytest.approx(raw)
+
+
+@pytest.fixture(scope="module")
+def scale_summary(run):
+    """The report's figures of the same run opened in scale mode (whole-run figures from the rollups)."""
+    from tbdprof.analysis import report
+
+    r, _ = run
+    scaled = load.open_run(r.path, source="rollups")
+    assert scaled.zoom is not None and load.open_run(r.path).zoom is None  # 2 ranks x seconds: raw by default
+    return scaled, report.summarize(scaled)
+
+
+def test_report_in_scale_mode_gives_the_raw_figures(run, scale_summary):
+    r, _ = run
+    scaled, s = scale_summary
+    assert s["source"]["mode"] == "rollups" and s["source"]["zoom_steps"][0] >= r.warmup_steps
+    # every step of each rank, warm-up included (rollups hold them all)
+    assert s["steps"] == STEPS and {int(k): v["steps"] for k, v in s["per_rank_steps"].items()} == {0: STEPS, 1: STEPS}
+    for rank, per in s["per_rank_steps"].items():
+        (want,), = r.sql("SELECT quantile_disc(end_ns - start_ns, 0.5) / 1e9 FROM raw_spans WHERE kind = ? AND rank = ?",
+                         [schema.KIND_STEP, int(rank)])
+        assert abs(per["median_s"] - want) <= 0.01 * want, (rank, per["median_s"], want)
+    raw = {(rank, name): ns for rank, name, ns in r.sql(
+        "SELECT rank, name, sum(end_ns - start_ns) FROM raw_spans WHERE kind = ? GROUP BY ALL", [schema.KIND_PHASE])}
+    steps = dict(r.sql("SELECT rank, sum(end_ns - start_ns) FROM raw_spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP]))
+    for rank, b in s["breakdown"].items():
+        for name, frac in b["phase_fraction"].items():
+            if name != "other":
+                assert frac == pytest.approx(raw[(int(rank), name)] / steps[int(rank)], rel=1e-6), (rank, name)
+    (calls, nbytes), = r.sql("SELECT count(*), sum(bytes) FROM raw_spans WHERE kind = ? AND name = ?",
+                             [schema.KIND_COMM, schema.COMM_ALLREDUCE])
+    got = s["network"]["collectives"][schema.COMM_ALLREDUCE]
+    assert (got["calls"], got["bytes"]) == (calls, nbytes)
+    # samples: one reading per series and minute, a gauge's mean; the CPU average stays the raw one's
+    (cpu,), = scaled.sql("SELECT avg(value) FROM samples WHERE metric = 'cpu.process_pct' AND rank = 0")
+    (raw_cpu,), = r.sql("SELECT avg(value) FROM samples WHERE metric = 'cpu.process_pct' AND rank = 0")
+    assert cpu == pytest.approx(raw_cpu, rel=0.05)
+
+
+def test_scale_mode_reads_raw_spans_of_the_zoom_window_only(scale_summary):
+    scaled, s = scale_summary
+    lo, hi = s["source"]["zoom_steps"]
+    (a, b), = scaled.sql("SELECT min(step), max(step) FROM spans WHERE step >= 0")
+    assert lo <= a and b <= hi
+    extent = scaled.span_extent
+    assert {r: e[2] for r, e in extent.items()} == {0: STEPS - 1, 1: STEPS - 1}  # the whole run's last step, from the rollups
