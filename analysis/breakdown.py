@@ -141,15 +141,20 @@ def phase_breakdown(run: Run) -> dict:
                    for r, ov in overlap.items() if zoom_steps.get(r)}
     per_rank: dict[str, dict] = {}
     totals: dict[int, tuple[int, int]] = {r: (t, n) for r, t, n in step_rows}
+    phases_of: dict[int, dict[str, int]] = {}
+    for r, name, ns in phase_rows:
+        phases_of.setdefault(r, {})[name] = ns
+    comm_of: dict[int, list[tuple]] = {}
+    for r, *row in comm_rows:
+        comm_of.setdefault(r, []).append(row)
     for rank, (total_ns, n) in sorted(totals.items()):
-        phases = {name: ns for r, name, ns in phase_rows if r == rank}
+        phases = phases_of.get(rank, {})
         other = max(0, total_ns - sum(phases.values()))
         fractions = {name: ns / total_ns for name, ns in phases.items()} if total_ns else {}
         fractions["other"] = other / total_ns if total_ns else 0.0
         comm = {
             name: {"s_per_step": ns / 1e9 / n, "bytes_per_step": (b or 0) / n, "calls_per_step": c / n}
-            for r, name, ns, b, c in comm_rows
-            if r == rank
+            for name, ns, b, c in comm_of.get(rank, [])
         }
         ov = overlap.get(rank, dict.fromkeys(("total", "overlapped", "hidden", "exposed", "outside_phases"), 0))
         gap_comm = min(other, ov["outside_phases"])

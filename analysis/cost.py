@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from tbdprof import schema
 
+from . import rollups
 from .fmt import fmt_bytes, fmt_pct
 from .load import Run
 
@@ -21,7 +22,10 @@ def _steps(run: Run) -> dict[int, tuple[int, float]]:
     outside windows)."""
     if not run.has(schema.SPANS):
         return {}
-    counts = dict(run.sql("SELECT rank, count(*) FROM spans_all WHERE kind = ? GROUP BY rank", [schema.KIND_STEP]))
+    if run.zoom:  # scale mode: the whole run's steps from the rollups (spans hold the zoom window's only)
+        counts = {r: m.count for (r, _), m in rollups.merged(run, schema.KIND_STEP).items()}
+    else:
+        counts = dict(run.sql("SELECT rank, count(*) FROM spans_all WHERE kind = ? GROUP BY rank", [schema.KIND_STEP]))
     rows = run.sql("SELECT rank, median(end_ns - start_ns) FROM spans WHERE kind = ? GROUP BY rank", [schema.KIND_STEP])
     return {r: (counts.get(r, 0), m / 1e9) for r, m in rows if m}
 

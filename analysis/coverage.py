@@ -73,6 +73,16 @@ def _span_counts(run: Run) -> dict[int, dict]:
     """Per rank, in one scan: step, phase, comm and Horovod-timeline span counts, and the phase and comm names."""
     if not run.has(schema.SPANS):
         return {}
+    if run.zoom:  # scale mode: the whole run's counts from the rollups; Horovod's timeline (not rolled up) in the zoom window
+        rows = run.sql(
+            "SELECT rank, sum(count) FILTER (WHERE kind = ?), sum(count) FILTER (WHERE kind = ?), "
+            "sum(count) FILTER (WHERE kind = ?), (SELECT count(*) FROM spans s WHERE s.rank = r.rank AND s.kind = ?), "
+            "list(DISTINCT name) FILTER (WHERE kind = ?), list(DISTINCT name) FILTER (WHERE kind = ?) FROM rollups r "
+            "WHERE list_contains(?, kind) GROUP BY rank",
+            [schema.KIND_STEP, schema.KIND_PHASE, schema.KIND_COMM, schema.KIND_HOROVOD, schema.KIND_PHASE, schema.KIND_COMM,
+             list(schema.SPAN_KINDS)])
+        return {r: {"steps": int(s or 0), "phases": int(p or 0), "comm": int(c or 0), "hvd": h, "phase_names": pn or [],
+                    "comm_names": cn or []} for r, s, p, c, h, pn, cn in rows}
     rows = run.sql(
         "SELECT rank, count(*) FILTER (WHERE kind = ?), count(*) FILTER (WHERE kind = ?), "
         "count(*) FILTER (WHERE kind = ?), count(*) FILTER (WHERE kind = ?), "
@@ -122,6 +132,9 @@ def _violation_text(v: dict) -> str:
 def _memory_rows(run: Run) -> dict[int, int]:
     if not run.has(schema.MEMORY):
         return {}
+    if run.memory_rollups:
+        return dict(run.sql("SELECT rank, sum(count) FROM rollups WHERE kind = ? AND name = 'total' GROUP BY rank",
+                            [schema.ROLLUP_MEMORY]))
     return dict(run.sql("SELECT rank, count(*) FROM memory GROUP BY rank"))
 
 

@@ -238,7 +238,7 @@ def export(run_dir: str | Path, fmt: str = "chrome", output: str | Path | None =
         with f:
             return write_chrome_trace(run, f, **filters), run.problems
 
-    n, problems = analyse(run_dir, write)
+    n, problems = analyse(run_dir, write, "raw")  # every span of the range asked for, whatever the run's size
     for p in problems:
         print(f"tbdprof: note: {p}", file=sys.stderr)
     if path is not None:

@@ -366,7 +366,8 @@ def _io(run: Run, summary: dict) -> list[str]:
 def _environment(summary: dict) -> list[str]:
     env = summary["environment"]
     out = [_section("Environment")]
-    cols = [i for i, r in enumerate(env["ranks"]) if str(r) in _shown(summary, {str(r): 1 for r in env["ranks"]})]
+    shown = _shown(summary, {str(r): 1 for r in env["ranks"]})
+    cols = [i for i, r in enumerate(env["ranks"]) if str(r) in shown]
     out.append(_table(["setting", *[f"rank {env['ranks'][i]}" for i in cols]], [[row["key"], *[row["values"][i] for i in cols]]
                                                                                for row in env["rows"]],
                       ["diff" if row["differs"] else "" for row in env["rows"]]))

@@ -18,7 +18,7 @@ rollups) opens in *scale mode*: whole-run figures come from the rollups
 (:mod:`analysis.rollups`), ``samples`` is one reading per series and rollup
 interval made from them (a gauge's mean at the interval's middle, a counter's
 last reading at its end), and ``spans`` and ``memory`` hold only the raw rows
-of the zoom window (``Run.zoom``: ``ZOOM_STEPS`` steady steps in the middle of
+of the zoom window (``Run.zoom``: ``ZOOM_STEPS`` steady steps near the middle of
 the run), which the figures that need single spans (overlap of communication
 with compute, arrival at collectives, the memory breakdown) read.
 """
@@ -26,7 +26,7 @@ with compute, arrival at collectives, the memory breakdown) read.
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -52,6 +52,7 @@ TIME_COLUMNS = {schema.SPANS: ("start_ns", "end_ns"), schema.SAMPLES: ("ts_ns",)
 
 SCALE_RANK_HOURS = 16.0  # a recording this large (ranks x hours) or larger opens in scale mode
 ZOOM_STEPS = 100  # steady steps whose raw spans and memory rows scale mode reads
+ZOOM_AT = 0.4637  # where in the steady steps the zoom window lies: off the round fractions at which files start
 SOURCES = ("auto", "raw", "rollups")  # how open_run reads a run: by its size, raw rows always, rollups where present
 SCALE_TABLES = (schema.SPANS, schema.SAMPLES, schema.MEMORY, schema.ROLLUPS)  # read differently in scale mode
 
@@ -82,7 +83,8 @@ class Run:
     con: duckdb.DuckDBPyConnection | None = None
     optional_present: dict[str, frozenset[str]] = field(default_factory=dict)  # segment path -> its optional columns
     zoom: Zoom | None = None  # scale mode: whole-run figures from the rollups, raw rows of these steps only
-    rollup_table: pa.Table | None = None  # scale mode: every rank's rollup rows, with rank and host
+    scale: bool = False  # opened in scale mode (``zoom`` is set once the views are defined)
+    memory_rollups: bool = False  # scale mode with memory rollups: the memory breakdown comes from them, no raw row is read
 
     @property
     def world_size(self) -> int:
@@ -112,7 +114,8 @@ class Run:
     def t0_ns(self) -> int | None:
         """The run's first timestamp on the aligned clock (spans and samples); the zero of every timeline."""
         if self.zoom:
-            return self.sql("SELECT min(start_ns) FROM rollups")[0][0]
+            return self.sql("SELECT min(t) FROM (SELECT min(start_ns) AS t FROM rollups UNION ALL "
+                            "SELECT min(t_first) FROM sample_rollups)")[0][0]
         return self.sql("SELECT min(t) FROM (SELECT min(start_ns) AS t FROM spans UNION ALL SELECT min(ts_ns) FROM samples)")[0][0]
 
     def source(self) -> dict:
@@ -232,21 +235,18 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None, source: str =
         if deep is not None:
             rmeta["deep"] = deep  # its deep windows (deep.json)
         ranks[rank] = rmeta
+        names = sorted(e.name for e in os.scandir(rdir) if e.name.endswith(schema.SEGMENT_SUFFIX))  # one listing per rank
         for table in schema.TABLES:
-            segments[(rank, table)] = store.live_segments(sorted(rdir.glob(f"{table}-*{schema.SEGMENT_SUFFIX}")))
+            segments[(rank, table)] = store.live_segments([rdir / n for n in names if n.startswith(f"{table}-")])
     if not ranks:
         raise RunError(f"{path}: no rank folders with data")
     if source not in SOURCES:
         raise ValueError(f"source {source!r}: not one of {SOURCES}")
     with_rollups = all(segments.get((r, schema.ROLLUPS)) for r in ranks)
     scale = with_rollups and (source == "rollups" or source == "auto" and rank_hours(ranks) >= SCALE_RANK_HOURS)
-    rollups = []
     for (rank, table), segs in segments.items():
-        if scale and table in SCALE_TABLES:  # read whole (rollups) or by the zoom's steps; a bad one fails the query
-            if table == schema.ROLLUPS:
-                rollups += [(rank, ranks[rank]["host"], seg) for seg in segs if str(seg) not in (skip or {})]
-            else:
-                files[table] += [str(seg) for seg in segs if str(seg) not in (skip or {})]
+        if scale and table in SCALE_TABLES:  # one DuckDB scan each: read whole (rollups) or by the zoom's steps
+            files[table] += [str(seg) for seg in segs if str(seg) not in (skip or {})]
             continue
         for seg in segs:
             why, present = (skip or {}).get(str(seg)), frozenset()
@@ -257,38 +257,9 @@ def open_run(path: str | Path, skip: dict[str, str] | None = None, source: str =
             else:
                 files[table].append(str(seg))
                 optional_present[str(seg)] = present
-    run = Run(path, meta, ranks, files, problems, optional_present=optional_present)
-    if scale:
-        run.rollup_table = _read_rollups(rollups, problems)
-        files[schema.ROLLUPS] = [str(seg) for _, _, seg in rollups]
+    run = Run(path, meta, ranks, files, problems, optional_present=optional_present, scale=scale)
     run.con = _connect(run)
     return run
-
-
-def _read_rollups(segments: list[tuple[int, str, Path]], problems: list[str]) -> pa.Table:
-    """Every (rank, host, segment) rollup file read whole (in threads: the reads release the GIL), with its
-    rank and host as columns; an unreadable one is left out and listed in ``problems``."""
-    fields = schema.TABLES[schema.ROLLUPS]
-
-    def read(item):
-        rank, host, seg = item
-        try:
-            t = pq.read_table(seg, columns=[f.name for f in fields])
-        except Exception as e:  # noqa: BLE001 - truncated, not Parquet, columns missing
-            return rank, f"{Path(seg).name}: unreadable ({e.__class__.__name__})"
-        return rank, t.append_column("host", pa.array([host] * t.num_rows, pa.string())).append_column(
-            "rank", pa.array([rank] * t.num_rows, pa.int64()))
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(read, segments))
-    tables = []
-    for rank, t in results:
-        if isinstance(t, str):
-            problems.append(f"rank {rank}: {t}")
-        else:
-            tables.append(t.cast(pa.schema([*fields, pa.field("host", pa.string()), pa.field("rank", pa.int64())])))
-    return pa.concat_tables(tables) if tables else pa.schema(
-        [*fields, pa.field("host", pa.string()), pa.field("rank", pa.int64())]).empty_table()
 
 
 def _damaged_segments(run: Run) -> dict[str, str]:
@@ -344,7 +315,7 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
     con.execute("SET threads TO 2")
     con.execute("SET enable_progress_bar = false")
     clocks = {rank: (a, b, t0) for rank, a, b, t0 in _clock_params(run)}
-    if run.rollup_table is not None:
+    if run.scale:
         _define_scale_views(con, run, clocks)
     for table, cols in TIME_COLUMNS.items():
         if run.zoom is not None and table in SCALE_TABLES:
@@ -379,23 +350,47 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
 
 
 def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[int, tuple[float, float, int]]) -> None:
-    """Scale mode's views: ``rollups`` (the rows read by :func:`_read_rollups`, on the aligned clock),
-    ``samples`` from them, and ``spans`` and ``memory`` of the zoom window's steps (one scan of all
-    segments, each row given its rank, host and clock shift by its file); sets ``run.zoom``."""
-    con.execute("CREATE TABLE _clock (rank BIGINT, a DOUBLE, b DOUBLE, t0 BIGINT)")
-    con.executemany("INSERT INTO _clock VALUES (?, ?, ?, ?)", [(r, a, b, t0) for r, (a, b, t0) in clocks.items()])
-    con.register("_rollups_raw", run.rollup_table)
+    """Scale mode's tables: ``rollups`` (every rank's, on the aligned clock), view ``samples`` from them, and
+    ``spans`` and ``memory`` of the zoom window's steps. Each is one scan of all its segments, each row given
+    its rank, host and clock shift by its file. Sets ``run.zoom``."""
+    con.register("_clock_arrow", pa.table({"rank": pa.array(list(clocks), pa.int64()),
+                                           "a": pa.array([c[0] for c in clocks.values()], pa.float64()),
+                                           "b": pa.array([c[1] for c in clocks.values()], pa.float64()),
+                                           "t0": pa.array([c[2] for c in clocks.values()], pa.int64())}))
+    con.execute("CREATE TABLE _clock AS SELECT * FROM _clock_arrow")
+    paths = [f for t in (schema.SPANS, schema.MEMORY, schema.ROLLUPS) for f in run.files[t]]
+    con.register("_file_arrow", pa.table({"filename": pa.array(paths, pa.string()),
+                                          "rank": pa.array([int(Path(f).parent.name.split("=", 1)[1]) for f in paths], pa.int64()),
+                                          "host": pa.array([Path(f).parent.parent.name.split("=", 1)[1] for f in paths], pa.string())}))
+    con.execute("CREATE TABLE _file AS SELECT * FROM _file_arrow")
+    for name in ("_clock_arrow", "_file_arrow"):
+        con.unregister(name)
     shift = "CAST(round(coalesce(c.a, 0) + coalesce(c.b, 0) * ({col} - coalesce(c.t0, 0))) AS BIGINT)"
-    cols = ", ".join(f"r.{f.name} + {shift.format(col='r.' + f.name)} AS {f.name}" if f.name in ("start_ns", "end_ns")
-                     else f"r.{f.name}" for f in schema.TABLES[schema.ROLLUPS])
-    con.execute(f"CREATE TABLE rollups AS SELECT {cols}, r.host, r.rank FROM _rollups_raw r LEFT JOIN _clock c USING (rank)")
-    con.unregister("_rollups_raw")
-    run.rollup_table = None  # DuckDB holds its own copy now
+
+    def scan(table: str, where: str = "true", files: list[str] | None = None) -> str:
+        fields = schema.TABLES[table]
+        files = run.files[table] if files is None else files
+        if not files or where == "false":
+            nulls = ", ".join(f"NULL::{_duck_type(f)} AS {f.name}" for f in fields)
+            return f"SELECT {nulls}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false"
+        select = ", ".join(f"t.{f.name} + {shift.format(col='t.' + f.name)} AS {f.name}" if f.name in TIME_COLUMNS[table]
+                           else f"t.{f.name}" for f in fields)
+        plist = "[" + ", ".join(_sql_str(p) for p in files) + "]"
+        return (f"SELECT {select}, fl.host, fl.rank FROM read_parquet({plist}, hive_partitioning=false, union_by_name=true, "
+                f"filename=true) t JOIN _file fl USING (filename) LEFT JOIN _clock c ON c.rank = fl.rank WHERE {where}")
+
     gauge, counter = _sql_str(schema.ROLLUP_GAUGE), _sql_str(schema.ROLLUP_COUNTER)
+    con.execute(f"CREATE TABLE rollups AS {scan(schema.ROLLUPS, f'kind NOT IN ({gauge}, {counter})')}")
+    # The samples' rollups, a row per series and interval (and per late row of one), in the columns of
+    # timeline.sample_buckets (a view over this table here: every figure over it aggregates its rows); a
+    # counter's first and last readings are its interval's lowest and highest.
     con.execute(
-        f"CREATE VIEW samples AS SELECT CASE WHEN kind = {counter} THEN max(end_ns) ELSE (min(start_ns) + max(end_ns)) // 2 END AS ts_ns, "
-        f"name AS metric, device, CASE WHEN kind = {counter} THEN max(value_max) ELSE sum(value_sum) / sum(count) END AS value, "
-        f"host, rank FROM rollups WHERE kind IN ({gauge}, {counter}) GROUP BY rank, host, interval_ns, kind, name, device")
+        f"CREATE TABLE sample_rollups AS SELECT host, rank, name AS metric, device, kind = {counter} AS counter, "
+        "count AS n, value_sum / count AS mean, value_max AS vmax, value_min AS vmin, start_ns AS t_first, "
+        "end_ns AS t_last, value_min AS v_first, value_max AS v_last "
+        f"FROM ({scan(schema.ROLLUPS, f'kind IN ({gauge}, {counter})')})")
+    con.execute("CREATE VIEW samples AS SELECT CASE WHEN counter THEN t_last ELSE (t_first + t_last) // 2 END AS ts_ns, "
+                "metric, device, CASE WHEN counter THEN v_last ELSE mean END AS value, host, rank FROM sample_rollups")
     first, last = con.execute(
         "SELECT max(lo), min(hi) FROM (SELECT rank, min(first_step) AS lo, max(last_step) AS hi FROM rollups "
         "WHERE kind = ? GROUP BY rank)", [schema.KIND_STEP]).fetchone()
@@ -403,26 +398,61 @@ def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[i
         run.zoom = Zoom(0, -1)
     else:
         first = max(first, run.warmup_steps)
-        mid = (first + last) // 2
+        mid = first + int((last - first) * ZOOM_AT)
         lo = max(first, mid - ZOOM_STEPS // 2)
         run.zoom = Zoom(lo, min(last, lo + ZOOM_STEPS - 1))
-    con.execute("CREATE TABLE _file (filename VARCHAR, rank BIGINT, host VARCHAR)")
+    # the zoom window's steps, and every rank's deep-window steps (the operator figures read their spans)
+    with_windows = {rank: windows.excluded_ranges(meta) for rank, meta in run.ranks.items() if windows.excluded_ranges(meta)}
+    steps = [f"t.step BETWEEN {run.zoom.first} AND {run.zoom.last}"] + [
+        f"(fl.rank = {int(rank)} AND t.step BETWEEN {a} AND {b})" for rank, ranges in sorted(with_windows.items()) for a, b in ranges]
+    run.memory_rollups = bool(con.execute("SELECT count(*) FROM rollups WHERE kind = ?", [schema.ROLLUP_MEMORY]).fetchone()[0])
     for table in (schema.SPANS, schema.MEMORY):
-        con.executemany("INSERT INTO _file VALUES (?, ?, ?)", [(f, int(Path(f).parent.name.split("=", 1)[1]),
-                                                                Path(f).parent.parent.name.split("=", 1)[1]) for f in run.files[table]])
-        fields = schema.TABLES[table]
-        if not run.files[table]:
-            nulls = ", ".join(f"NULL::{_duck_type(f)} AS {f.name}" for f in fields)
-            con.execute(f"CREATE VIEW {table} AS SELECT {nulls}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false")
+        if table == schema.MEMORY and run.memory_rollups:
+            con.execute(f"CREATE VIEW {table} AS {scan(table, 'false')}")
             continue
-        select = ", ".join(f"t.{f.name} + {shift.format(col='t.' + f.name)} AS {f.name}" if f.name in TIME_COLUMNS[table]
-                           else f"t.{f.name}" for f in fields)
-        plist = "[" + ", ".join(_sql_str(p) for p in run.files[table]) + "]"
-        con.execute(
-            f"CREATE TABLE _zoom_{table} AS SELECT {select}, fl.host, fl.rank FROM read_parquet({plist}, hive_partitioning=false, "
-            f"union_by_name=true, filename=true) t JOIN _file fl USING (filename) LEFT JOIN _clock c ON c.rank = fl.rank "
-            f"WHERE t.step BETWEEN {run.zoom.first} AND {run.zoom.last}")
+        likely = _zoom_files(con, run, table, set(with_windows))
+        con.execute(f"CREATE TABLE _zoom_{table} AS {scan(table, ' OR '.join(steps), likely)}")
+        short = [r for r, n in con.execute(  # ranks whose files were guessed wrong: read all of theirs
+            f"SELECT f.rank, count(DISTINCT z.step) FILTER (WHERE z.step BETWEEN {run.zoom.first} AND {run.zoom.last}) "
+            f"FROM (SELECT DISTINCT rank FROM rollups WHERE kind = ?) f LEFT JOIN _zoom_{table} z USING (rank) GROUP BY f.rank",
+            [schema.KIND_STEP]).fetchall() if n < run.zoom.steps]
+        if short and len(likely) < len(run.files[table]):
+            rest = [f for f in run.files[table] if f not in set(likely) and _rank_of(f) in set(short)]
+            con.execute(f"INSERT INTO _zoom_{table} {scan(table, ' OR '.join(steps), rest)}")
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM _zoom_{table}")
+
+
+def _rank_of(path: str) -> int:
+    return int(Path(path).parent.name.split("=", 1)[1])
+
+
+def _zoom_files(con: duckdb.DuckDBPyConnection, run: Run, table: str, every_file: set[int]) -> list[str]:
+    """The segments of ``table`` likely to hold the zoom window's rows, without opening any: a rank's flushes are
+    numbered in time order, so the zoom's time (from the step rollups) maps onto its files' flush numbers by
+    proportion, with a margin. The ranks in ``every_file`` (deep windows) keep all their segments."""
+    times = dict(((r, (a, b)) for r, a, b in con.execute(
+        "SELECT rank, min(start_ns), max(end_ns) FROM rollups WHERE kind = ? AND first_step <= ? AND last_step >= ? "
+        "GROUP BY rank", [schema.KIND_STEP, run.zoom.last, run.zoom.first]).fetchall()))
+    extent = dict(((r, (a, b)) for r, a, b in con.execute(
+        "SELECT rank, min(start_ns), max(end_ns) FROM rollups GROUP BY rank").fetchall()))
+    by_rank: dict[int, list[tuple[int, int, str]]] = {}
+    for f in run.files[table]:
+        seg = store.parse_segment(Path(f).name)
+        by_rank.setdefault(_rank_of(f), []).append((seg[1], seg[2], f) if seg else (-1, -1, f))
+    out = []
+    for rank, segs in by_rank.items():
+        numbered = [x for x in segs if x[0] >= 0]
+        if rank in every_file or rank not in times or rank not in extent or len(numbered) < len(segs) or not numbered:
+            out += [f for _, _, f in segs]
+            continue
+        (za, zb), (ta, tb) = times[rank], extent[rank]
+        lo, hi = min(a for a, _, _ in numbered), max(b for _, b, _ in numbered)
+        span = max(1, tb - ta)
+        margin = 0.01 * (hi - lo) + 2
+        sa = lo + (za - ta) / span * (hi - lo) - margin
+        sb = lo + (zb - ta) / span * (hi - lo) + margin
+        out += [f for a, b, f in numbered if b >= sa and a <= sb]
+    return out
 
 
 # The steady state, written once: the spans and memory rows of the steps after warm-up (deep-window steps

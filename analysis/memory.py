@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from tbdprof import schema
 
+from . import rollups
 from .load import Run
 
 
 def memory_breakdown(run: Run) -> dict:
-    """Per rank, the median of each category over steady-state steps and the peak.
+    """Per rank, the median of each category over steady-state steps and the peak (in scale mode, with memory
+    rollups, the mean over every measured step).
 
     The run-level figures are those of the rank with the highest peak.
     """
     if not run.has(schema.MEMORY):
         return {"per_rank": {}, "memory_bytes": {}}
     cats = ", ".join(f"median({c})" for c in schema.MEMORY_CATEGORIES)
-    rows = run.sql(
+    rows = rollups.memory_rows(run) if run.memory_rollups else run.sql(
         f"SELECT rank, any_value(device), {cats}, max(peak), median(total), count(*) FROM steady_memory GROUP BY rank ORDER BY rank"
     ) or run.sql(
         f"SELECT rank, any_value(device), {cats}, max(peak), median(total), count(*) FROM memory GROUP BY rank ORDER BY rank"

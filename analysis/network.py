@@ -40,7 +40,8 @@ def gradient_bytes_per_step(run: Run) -> float | None:
     rows = run.sql("SELECT median(b) FROM (SELECT rank, step, sum(bytes) AS b FROM steady_comm GROUP BY rank, step)")
     if rows and rows[0][0]:
         return float(rows[0][0])
-    rows = run.sql("SELECT median(weights) FROM memory") if run.has(schema.MEMORY) else []
+    rows = (run.sql("SELECT median(value_sum / count) FROM rollups WHERE kind = ? AND name = 'weights'", [schema.ROLLUP_MEMORY])
+            if run.memory_rollups else run.sql("SELECT median(weights) FROM memory") if run.has(schema.MEMORY) else [])
     return float(rows[0][0]) if rows and rows[0][0] else None
 
 

@@ -111,9 +111,9 @@ def rank_outliers(run: Run, summary: dict) -> dict | None:
     ranks = []
     for r in order[:TOP_RANKS]:
         part, excess = _slow_part(stack.get(r, {}), typical, typical_step)
-        named = int(r) in late
-        if named and strag.get("slow_phase"):
-            part, excess = strag["slow_phase"], stack.get(r, {}).get(strag["slow_phase"], 0.0) - typical.get(strag["slow_phase"], 0.0)
+        # the straggler finding's cause is this rank's when the rank's own slow part is the finding's slow phase
+        # (one finding can name ranks slow in different places: a slow rank and a slow host)
+        named = int(r) in late and part is not None and part == strag.get("slow_phase")
         ranks.append({"rank": int(r), "host": host_of.get(r), "median_step_s": med[r], "over_median": med[r] / typical_step - 1,
                       "late_by_s": late.get(int(r)), "slow_part": part, "cause": _cause_text(part, excess, strag.get("cause") if named else None)})
     by_host: dict[str, list[str]] = {}
@@ -128,7 +128,8 @@ def rank_outliers(run: Run, summary: dict) -> dict | None:
         part, excess = _slow_part(parts, typical, typical_step)
         hosts.append({"host": h, "ranks": len(by_host[h]), "median_step_s": host_med[h], "over_median": host_med[h] / typical_host - 1,
                       "slowest_rank": int(max(by_host[h], key=med.get)), "slow_part": part,
-                      "cause": _cause_text(part, excess, strag.get("cause") if h in strag.get("whole_hosts", []) else None)})
+                      "cause": _cause_text(part, excess, strag.get("cause") if h in strag.get("whole_hosts", [])
+                                           and part is not None and part == strag.get("slow_phase") else None)})
     return {"threshold_ranks": LARGE_RANKS, "ranks": len(med),
             "distribution": {k: q for k, v in _figures(summary).items() if (q := quantiles(v.values()))},
             "slowest_ranks": ranks, "slowest_hosts": hosts}

@@ -218,9 +218,8 @@ def heatmap(rows: list[tuple[str, int]], x_s: list[float], bucket_s: float, valu
             hosts.append((h, i, i))
     every = max(1, -(-len(hosts) // 32))
     ax.set_yticks([(a + b) / 2 for _, a, b in hosts[::every]], [_plain(h) for h, _, _ in hosts[::every]], fontsize=6)
-    if len(hosts) <= 128:
-        for _, a, _ in hosts[1:]:
-            ax.axhline(a - 0.5, color="white", linewidth=0.4)
+    if 1 < len(hosts) <= 128:  # one line collection, not an artist per host
+        ax.hlines([a - 0.5 for _, a, _ in hosts[1:]], extent[0], extent[1], colors="white", linewidth=0.4)
     where = {r: (h, i) for i, (h, r) in enumerate(rows)}
     labels = [(f"host {h}", (a + b) / 2, f"{gid}-host-{h}") for h, a, b in hosts if h in hot_hosts]
     labels += [(f"rank {r}", where[r][1], f"{gid}-rank-{r}") for r in hot_ranks if where[r][0] not in hot_hosts]

@@ -111,6 +111,18 @@ def _merged(run: Run, kind: str) -> dict[tuple[int, str], Merged]:
     return out
 
 
+def memory_rows(run: Run) -> list[tuple]:
+    """Per rank, the memory breakdown from its memory rollups, in the row :func:`analysis.memory.memory_breakdown`
+    reads from SQL: rank, device, the mean of each category, the highest peak, the mean total, the rows (each
+    rank's every measured step, warm-up included)."""
+    means = ", ".join(f"sum(value_sum) FILTER (WHERE name = '{c}') / sum(count) FILTER (WHERE name = '{c}')"
+                      for c in schema.MEMORY_CATEGORIES)
+    return run.sql(f"SELECT rank, any_value(device), {means}, max(value_max) FILTER (WHERE name = 'peak'), "
+                   "sum(value_sum) FILTER (WHERE name = 'total') / sum(count) FILTER (WHERE name = 'total'), "
+                   "sum(count) FILTER (WHERE name = 'total') FROM rollups WHERE kind = ? GROUP BY rank ORDER BY rank",
+                   [schema.ROLLUP_MEMORY])
+
+
 def _int(v) -> int | None:
     return None if v is None else int(v)
 

@@ -85,8 +85,10 @@ def print_summary(summary: dict, run_dir: Path, file=None) -> None:
     if summary.get("coverage"):
         print_coverage(con, summary["coverage"])
     source = summary.get("source") or {}
-    if source.get("mode") == "rollups":
-        con.print(f"read from rollups ({source['rank_hours']:g} rank-hours): {escape(source['note'])}")
+    if source.get("mode") == "rollups":  # one line: what scale mode changes is in summary.json's source note
+        first, last = source["zoom_steps"]
+        con.print(f"read from rollups ({source['rank_hours']:g} rank-hours): per-minute figures, raw spans of steps "
+                  f"{first}-{last} only (summary.json: source)")
     notes = list(summary["problems"])
     notes += [f"missing ranks: {summary['missing_ranks']}"] * bool(summary["missing_ranks"])
     notes += [n for n in [stopped_ranks_note(summary)] if n]

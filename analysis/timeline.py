@@ -65,18 +65,23 @@ def sample_buckets(run: Run) -> bool:
         width = bucket_width(run)
         if width is None:
             return False
-        run.sql(
-            "CREATE TEMP TABLE sample_buckets AS SELECT host, rank, metric, device, (ts_ns - ?) // ? AS b, "
-            "count(*) AS n, avg(value) AS mean, max(value) AS vmax, min(value) AS vmin, min(ts_ns) AS t_first, "
-            "max(ts_ns) AS t_last, arg_min(value, ts_ns) AS v_first, arg_max(value, ts_ns) AS v_last "
-            "FROM samples GROUP BY ALL",
-            [run.t0_ns, width],
-        )
+        if run.zoom:  # scale mode: the samples are already one row per series and rollup interval
+            run.sql("CREATE TEMP TABLE sample_buckets AS SELECT host, rank, metric, device, "
+                    f"(CASE WHEN counter THEN t_last ELSE (t_first + t_last) // 2 END - {int(run.t0_ns)}) // {int(width)} AS b, "
+                    "n, mean, vmax, vmin, t_first, t_last, v_first, v_last FROM sample_rollups ORDER BY metric")
+        else:
+            run.sql(
+                "CREATE TEMP TABLE sample_buckets AS SELECT host, rank, metric, device, (ts_ns - ?) // ? AS b, "
+                "count(*) AS n, avg(value) AS mean, max(value) AS vmax, min(value) AS vmin, min(ts_ns) AS t_first, "
+                "max(ts_ns) AS t_last, arg_min(value, ts_ns) AS v_first, arg_max(value, ts_ns) AS v_last "
+                "FROM samples GROUP BY ALL",
+                [run.t0_ns, width],
+            )
         run.sql(
             "CREATE TEMP VIEW counter_buckets AS SELECT host, rank, metric, device, b, t_last, "
             "greatest(0, v_last - v_first) + coalesce(greatest(0, v_first - lag(v_last) OVER w), 0) AS dv, "
             "t_last - coalesce(lag(t_last) OVER w, t_first) AS dt_ns "
-            "FROM sample_buckets WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY b)"
+            "FROM sample_buckets WINDOW w AS (PARTITION BY host, rank, metric, device ORDER BY b, t_last)"
         )
         return True
 

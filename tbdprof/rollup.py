@@ -1,5 +1,5 @@
-"""Rollups at write time: each rank's writer sums the spans and samples it drains into per-interval
-rows of table ``rollups`` (:class:`tbdprof.schema.RollupRow`).
+"""Rollups at write time: each rank's writer sums the spans, samples and memory rows it drains into
+per-interval rows of table ``rollups`` (:class:`tbdprof.schema.RollupRow`).
 
 Everything in a rollup is mergeable by adding: counts, sums, bytes, the
 histogram's counts per bucket (log-spaced, ``schema.ROLLUP_RATIO``), a
@@ -148,6 +148,25 @@ def summarize_samples(rows, last: dict[tuple[str, str], float],
     return out
 
 
+MEMORY_COLUMNS = (*schema.MEMORY_CATEGORIES, "total", "peak")  # the memory row's columns rolled up, as gauges
+
+
+def summarize_memory(rows, every_ns: int = schema.ROLLUP_INTERVAL_NS) -> dict[Key, ValueStats]:
+    """Per (interval start, ROLLUP_MEMORY, column, device) the stats of the memory breakdown ``rows``
+    (MemoryRows or tuples in its column order) by ``ts_ns``: each column's sum, min and max over the rows."""
+    out: dict[Key, ValueStats] = {}
+    index = {c: schema.MemoryRow._fields.index(c) for c in MEMORY_COLUMNS}
+    for row in rows:
+        ts, device = row[1], row[2]
+        for column, i in index.items():
+            key = (ts - ts % every_ns, schema.ROLLUP_MEMORY, column, device)
+            stats = out.get(key)
+            if stats is None:
+                stats = out[key] = ValueStats()
+            stats.add(ts, row[i], row[i])
+    return out
+
+
 def merge(into: dict[Key, SpanStats | ValueStats], other: dict[Key, SpanStats | ValueStats]) -> None:
     """Add ``other``'s stats into ``into``, key by key."""
     for key, stats in other.items():
@@ -183,10 +202,11 @@ class Rollups:
         self.failed: str | None = None
 
     def add(self, table: str, rows) -> None:
-        if self.failed or not rows or table not in (schema.SPANS, schema.SAMPLES):
+        if self.failed or not rows or table not in (schema.SPANS, schema.SAMPLES, schema.MEMORY):
             return
         try:
             stats = (summarize_spans(rows, self.every_ns) if table == schema.SPANS
+                     else summarize_memory(rows, self.every_ns) if table == schema.MEMORY
                      else summarize_samples(rows, self.counters, self.every_ns))
         except (TypeError, ValueError, OverflowError) as e:
             self.failed = f"{e.__class__.__name__}: {e}"

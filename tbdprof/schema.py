@@ -142,7 +142,7 @@ class RollupRow(NamedTuple):
     interval was written gets a row of its own)."""
 
     interval_ns: int  # the interval's start (local clock, a multiple of ROLLUP_INTERVAL_NS): a span's by its step's end (else its own), a sample's by ts_ns
-    kind: Label  # a span kind (step, phase, comm, mark), or ROLLUP_GAUGE / ROLLUP_COUNTER for samples
+    kind: Label  # a span kind (step, phase, comm, mark), ROLLUP_GAUGE / ROLLUP_COUNTER for samples, ROLLUP_MEMORY for memory rows
     name: Label  # the span's name, or the metric
     device: Label  # the samples' device; "" for spans
     start_ns: int  # earliest span start or reading in the interval
@@ -225,6 +225,7 @@ KERNEL_KINDS = ("kernel", "memcpy", "memset")  # table kernels' kind (Kineto's a
 ROLLUP_INTERVAL_NS = 60_000_000_000  # one minute: a rank-hour is 60 rows per span name or sample series
 ROLLUP_GAUGE = "gauge"  # rollup kind of a sampled metric that is not a counter
 ROLLUP_COUNTER = "counter"  # rollup kind of a counter (Metric.counter)
+ROLLUP_MEMORY = "memory"  # rollup kind of a memory-breakdown column (name: weights... total, peak; device: the row's)
 ROLLUP_RATIO = 1.02  # duration buckets: [RATIO**b, RATIO**(b+1)) ns; a bucket's middle is within 1 % of all it holds
 
 

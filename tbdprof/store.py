@@ -52,17 +52,17 @@ def parse_segment(name: str) -> tuple[str, int, int] | None:
 def live_segments(paths: list[Path]) -> list[Path]:
     """The segment files to read, in the order given.
 
-    A single flush covered by a compacted range file is dropped (compaction
-    writes the range file, then deletes the flushes it merged; a crash in
+    A flush or range file that a larger range file of its table covers is dropped (compaction
+    writes the range file, then deletes the files it merged; a crash in
     between must not count their rows twice). Files with a non-numeric name
     (``spans-horovod-timeline.parquet``: data ingested from another tool) are
     kept; hidden temporary files are not.
     """
     parsed = [(p, parse_segment(p.name)) for p in paths if p.name.endswith(schema.SEGMENT_SUFFIX) and not p.name.startswith(".")]
-    ranges = [x for _, x in parsed if x and x[2] > x[1]]
+    ranges = {x for _, x in parsed if x and x[2] > x[1]}
     out = []
     for p, x in parsed:
-        if x and x[1] == x[2] and any(t == x[0] and a <= x[1] <= b for t, a, b in ranges):
+        if x and any(t == x[0] and a <= x[1] and x[2] <= b and (a, b) != x[1:] for t, a, b in ranges):
             continue
         out.append(p)
     return out

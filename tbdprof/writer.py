@@ -27,6 +27,11 @@ log = logging.getLogger("tbdprof")
 
 
 # Timestamps grow steadily: delta encoding; floats: byte-stream split helps zstd.
+# Compaction in levels: 12 flushes (a minute at 5 s) into a range file, 10 of those into one (ten minutes); the
+# rollups, a few kB a minute, on to one file an hour. A reader of a large run opens few files per rank.
+COMPACTION = (12, 10)
+ROLLUP_COMPACTION = (*COMPACTION, 6)
+
 PARQUET_OPTIONS = dict(
     compression="zstd",
     compression_level=3,
@@ -83,7 +88,7 @@ class SegmentWriter(threading.Thread):
         schemas: dict[str, pa.Schema],
         interval_s: float = 5.0,
         before_flush: Iterable[Callable[[], None]] = (),
-        compact_every: int = 12,
+        compaction: tuple[int, ...] = COMPACTION,
     ):
         super().__init__(name="tbdprof-writer", daemon=True)
         self.directory = Path(directory)
@@ -97,8 +102,10 @@ class SegmentWriter(threading.Thread):
         self.segments = 0
         self.cpu_s = 0.0  # CPU seconds of this thread (its own clock)
         self.final_cpu_s = 0.0  # CPU seconds of the final flush, on the thread that stops the writer
-        self.compact_every = compact_every
-        self._uncompacted: dict[str, list[Path]] = {t: [] for t in schema.TABLES}
+        # per table and level, the files waiting to be merged into one of the next level (level 0: flushes)
+        self.compaction = {t: compaction + ROLLUP_COMPACTION[len(compaction):] if t == schema.ROLLUPS else compaction
+                           for t in schema.TABLES}
+        self._levels: dict[str, list[list[Path]]] = {t: [[] for _ in self.compaction[t]] for t in schema.TABLES}
         self.rollups = Rollups()
         self._seq = 0
         self._halt = threading.Event()
@@ -135,9 +142,12 @@ class SegmentWriter(threading.Thread):
                     self.rollups.add(table, rows)
                 if rows:
                     self._write(table, rows)
-                pending = self._uncompacted[table]
-                if len(pending) >= self.compact_every or (final and len(pending) > 1):
-                    self._compact(table, pending)
+                levels = self._levels[table]
+                for level, fan in enumerate(self.compaction[table]):
+                    if len(levels[level]) >= fan or (final and level == 0 and len(levels[0]) > 1):
+                        merged = self._compact(table, levels[level])
+                        if merged is not None and level + 1 < len(levels):
+                            levels[level + 1].append(merged)
 
     def _write(self, table: str, rows: list[tuple]) -> None:
         if self.failed:
@@ -152,17 +162,17 @@ class SegmentWriter(threading.Thread):
             return
         self.rows_written[table] += len(rows)
         self.segments += 1
-        self._uncompacted[table].append(path)
+        self._levels[table][0].append(path)
 
-    def _compact(self, table: str, paths: list[Path]) -> None:
-        """Merge single-flush segments into one range file, then delete them.
+    def _compact(self, table: str, paths: list[Path]) -> Path | None:
+        """Merge consecutive segments (flushes, or range files) into one range file, then delete them; returns it.
 
         Fewer, larger files: smaller footprint (one footer, better compression)
-        and faster reads. Readers skip flushes a range covers (store.live_segments),
+        and faster reads. Readers skip the files a larger range covers (store.live_segments),
         so a crash between the two steps does not double-count.
         """
         if self.failed:
-            return
+            return None
         first = store.parse_segment(paths[0].name)[1]
         last = store.parse_segment(paths[-1].name)[2]
         target = self.directory / store.segment_name(table, first, last)
@@ -171,11 +181,12 @@ class SegmentWriter(threading.Thread):
         except Exception as e:  # noqa: BLE001 - keep the small segments: they are still valid
             log.debug("tbdprof: compaction of %s failed (%s)", table, e)
             paths.clear()
-            return
+            return None
         for p in paths:
             p.unlink(missing_ok=True)
         self.segments -= len(paths) - 1
         paths.clear()
+        return target
 
     def _atomic_write(self, data: pa.Table, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp")

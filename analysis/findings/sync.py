@@ -29,13 +29,26 @@ WORK_CORR = 0.5  # and explains the lateness at least this well (correlation)
 IOWAIT_PCT = 10.0  # a late rank's data phase on a host in iowait this much is I/O
 
 
+def _medians_of_the_others(values: dict) -> dict:
+    """Per key, the median of the other keys' values (one sort, not one per key: a thousand ranks)."""
+    order = sorted(values, key=values.get)
+    xs = [values[k] for k in order]
+    n = len(xs) - 1  # values left once one is taken out
+    out = {}
+    for i, k in enumerate(order):
+        def at(j):  # the j-th smallest of the others
+            return xs[j] if j < i else xs[j + 1]
+        out[k] = (at((n - 1) // 2) + at(n // 2)) / 2
+    return out
+
+
 def late_ranks(ctx: Context) -> dict[int, float]:
     """Ranks that consistently reach the collectives late, with how much later than the others (s)."""
     s = ctx.sync
     if not s:
         return {}
     lat = {r: v["lateness_s"] for r, v in s["per_rank"].items()}
-    excess = {r: lat[r] - median(v for q, v in lat.items() if q != r) for r in lat}
+    excess = {r: lat[r] - m for r, m in _medians_of_the_others(lat).items()}
     late = {r: e for r, e in excess.items() if e >= max(LATE_FRACTION * s["step_s"], LATE_MIN_S)}
     if not late or len(late) > len(lat) / 2 or sum(s["per_rank"][r]["last_share"] for r in late) < LAST_SHARE:
         return {}

@@ -108,3 +108,49 @@ def test_scale_mode_reads_raw_spans_of_the_zoom_window_only(scale_summary):
     assert lo <= a and b <= hi
     extent = scaled.span_extent
     assert {r: e[2] for r, e in extent.items()} == {0: STEPS - 1, 1: STEPS - 1}  # the whole run's last step, from the rollups
+
+
+def _doc_queries() -> tuple[str, str, list[str]]:
+    """docs/schema.md's rollup query, its DuckDB table definition, and the other engines' definitions."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "schema.md").read_text(encoding="utf-8")
+    section = text.split("### Querying the rollups on another engine", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sql\n(.*?)```", section, re.S)
+    assert len(blocks) == 4, blocks
+    return blocks[0], blocks[1], blocks[2:]
+
+
+def test_the_documented_query_runs_on_duckdb_and_gives_the_rollup_figures(run):
+    import duckdb
+
+    r, fig = run
+    query, duck, others = _doc_queries()
+    con = duckdb.connect()
+    con.execute(duck.replace("RUN_DIR", str(r.path)))
+    rows = con.execute(query).fetchall()
+    assert len(rows) == 2 and rows[0][3] >= rows[1][3]  # slowest first
+    for host, rank, steps, mean_s, wait_share, comm_bytes in rows:
+        want = fig["ranks"][rank]
+        assert host == r.ranks[rank]["host"] and steps == want["count"] == STEPS
+        assert mean_s == pytest.approx(want["sum_ns"] / want["count"] / 1e9, rel=1e-12)
+        assert wait_share == pytest.approx(fig["phases_by_rank"][rank][schema.PHASE_DATA] / want["sum_ns"], rel=1e-12)
+        (raw_bytes,), = r.sql("SELECT sum(bytes) FROM raw_spans WHERE kind = ? AND rank = ?", [schema.KIND_COMM, rank])
+        assert comm_bytes == raw_bytes > 0
+    assert all("rollups" in d and "RUN_DIR" in d for d in others)  # the same table name, over the same run folder
+
+
+def test_memory_rollups_hold_every_memory_row_and_scale_mode_reads_them(run, scale_summary):
+    r, _ = run
+    scaled, s = scale_summary
+    assert scaled.memory_rollups and scaled.sql("SELECT count(*) FROM memory")[0][0] == 0  # no raw memory row read
+    raw = {rank: (n, w, act, peak) for rank, n, w, act, peak in r.sql(
+        "SELECT rank, count(*), sum(weights), sum(activations), max(peak) FROM memory GROUP BY rank")}
+    rolled = {rank: (int(n), int(w), int(act), int(peak)) for rank, n, w, act, peak in r.sql(
+        "SELECT rank, sum(count) FILTER (WHERE name = 'weights'), sum(value_sum) FILTER (WHERE name = 'weights'), "
+        "sum(value_sum) FILTER (WHERE name = 'activations'), max(value_max) FILTER (WHERE name = 'peak') "
+        "FROM rollups WHERE kind = ? GROUP BY rank", [schema.ROLLUP_MEMORY])}
+    assert rolled == raw and all(n > 0 for n, *_ in raw.values())
+    for rank, (n, w, _, peak) in raw.items():
+        assert s["memory"][str(rank)]["weights"] == w // n and s["memory"][str(rank)]["peak"] == peak  # weights: constant

@@ -19,10 +19,11 @@ def tbdprof(*args, env=None, timeout=1800) -> subprocess.CompletedProcess:
     return proc
 
 
-def timed(cmd: list[str], env=None, timeout=1800) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a child command (wait4's rusage of that child only)."""
+def timed(cmd: list[str], env=None, timeout=1800, stdout=subprocess.DEVNULL) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of a child command (wait4's rusage of that child only); its output goes
+    to ``stdout`` (a file), else nowhere."""
     t = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
+    p = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(p.pid, 0)
     wall = time.perf_counter() - t
     if os.waitstatus_to_exitcode(status):

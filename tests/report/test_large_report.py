@@ -1,6 +1,7 @@
 """The large-job report: a 128-rank synthetic run (tests/perf/synth.py) with one slow rank (forward) and one
-slow host (data wait) planted. The terminal stays within one screen and names both as outliers with their
-cause; report.html shows the rank x time heatmaps, rendered in Chromium, with both marked."""
+slow host (data wait) planted, read raw and in scale mode (from its rollups). The terminal stays within one
+screen and names both as outliers with their cause; report.html shows the rank x time heatmaps, rendered in
+Chromium, with both marked."""
 
 from __future__ import annotations
 
@@ -23,14 +24,21 @@ synth = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(synth)
 
 
-@pytest.fixture(scope="module")
-def large_run(tmp_path_factory) -> tuple[Path, str]:
-    """The planted run (about 100 steps per rank) and the terminal output of `tbdprof report` on it."""
-    run = synth.generate(tmp_path_factory.mktemp("large") / "r128", ranks=RANKS, hours=0.003, slow_ranks=[SLOW_RANK],
-                         slow_hosts=[SLOW_HOST])
+# raw: about 100 steps per rank, every span read; rollups: six minutes read in scale mode (docs/report.md), one
+# heatmap column per rank and minute
+SOURCES = {"raw": 0.003, "rollups": 0.1}
+
+
+@pytest.fixture(scope="module", params=sorted(SOURCES))
+def large_run(request, tmp_path_factory) -> tuple[Path, str]:
+    """The planted run and the terminal output of `tbdprof report --source SOURCE` on it."""
+    run = synth.generate(tmp_path_factory.mktemp("large") / "r128", ranks=RANKS, hours=SOURCES[request.param],
+                         slow_ranks=[SLOW_RANK], slow_hosts=[SLOW_HOST])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert cli.main(["report", str(run)]) == 0
+        assert cli.main(["report", str(run), "--source", request.param]) == 0
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["source"]["mode"] == request.param
     return run, out.getvalue()
 
 

@@ -185,3 +185,16 @@ def test_cli_json_and_unreadable_run(tmp_path):
     assert "CRITICAL" in text and "input_bound" in text
     bad = run_cli("diagnose", tmp_path / "nothing", check=False)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_median_of_the_other_ranks_is_the_median_without_each_one():
+    import random
+    from statistics import median
+
+    from tbdprof.analysis.findings.sync import _medians_of_the_others
+
+    rng = random.Random(1)
+    for n in (2, 3, 4, 7, 10, 33):
+        values = {r: rng.choice([rng.random(), 0.5]) for r in range(n)}  # ties too
+        got = _medians_of_the_others(values)
+        assert got == {r: pytest.approx(median(v for q, v in values.items() if q != r)) for r in values}

@@ -94,25 +94,28 @@ def test_bad_rows_fail_the_writer_not_the_caller(tmp_path):
 
 def test_segments_are_compacted_into_range_files(tmp_path):
     buf = Buffers()
-    w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60, compact_every=3)
+    w = SegmentWriter(tmp_path, buf, _schemas(), interval_s=60, compaction=(3, 2))
     for i in range(7):
         buf.queues[schema.SpanRow].append(_span(i))
         w.flush()
     names = sorted(p.name for p in tmp_path.glob("spans-*"))
-    assert names == ["spans-000001-000003.parquet", "spans-000004-000006.parquet", "spans-000007.parquet"]
+    assert names == ["spans-000001-000006.parquet", "spans-000007.parquet"]  # two range files of 3 merged into one
     w.stop()  # the final flush compacts only when more than one segment is left
     starts = [r for p in sorted(tmp_path.glob("spans-*")) for r in pq.read_table(p).column("step").to_pylist()]
     assert starts == list(range(7))
     assert w.rows_written[schema.SPANS] == 7
+    assert w.compaction[schema.ROLLUPS] == (3, 2, 6)  # rollups go on to one file an hour
 
 
 def test_readers_skip_flushes_a_range_file_covers(tmp_path):
     from tbdprof.store import live_segments, parse_segment
 
     names = ["spans-000001.parquet", "spans-000002.parquet", "spans-000001-000002.parquet", "spans-000003.parquet",
-             "samples-000001.parquet", ".spans-000004.parquet.tmp", "notes.txt", "spans-horovod-timeline.parquet"]
+             "samples-000001.parquet", ".spans-000004.parquet.tmp", "notes.txt", "spans-horovod-timeline.parquet",
+             "memory-000001-000012.parquet", "memory-000013-000024.parquet", "memory-000001-000120.parquet",
+             "memory-000121-000132.parquet"]  # a crash between a second-level merge and the deletes
     live = [p.name for p in live_segments([tmp_path / n for n in names])]
     assert live == ["spans-000001-000002.parquet", "spans-000003.parquet", "samples-000001.parquet",
-                    "spans-horovod-timeline.parquet"]
+                    "spans-horovod-timeline.parquet", "memory-000001-000120.parquet", "memory-000121-000132.parquet"]
     assert parse_segment("memory-000010-000020.parquet") == ("memory", 10, 20)
     assert parse_segment("spans-1.parquet") is None
