@@ -29,6 +29,7 @@ from __future__ import annotations
 from tbdprof import schema
 
 from .bandwidth import NET_METRICS
+from .findings.base import ranks_text
 from .fmt import fmt_bytes, fmt_rate
 from .load import Run
 
@@ -47,11 +48,6 @@ LABEL = {schema.COVERAGE_STEPS: "steps", schema.COVERAGE_PHASES: "phases", schem
          schema.COVERAGE_MEMORY: "memory breakdown"}
 STATE_TEXT = {schema.COVERAGE_RECORDED: "recorded", schema.COVERAGE_MISSING: "missing",
               schema.COVERAGE_NOT_APPLICABLE: "not applicable", UNKNOWN: "unknown"}
-
-
-def _ranks_text(ranks) -> str:
-    ranks = sorted(ranks)
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
 def declared(run: Run) -> dict[int, dict[str, dict]]:
@@ -220,7 +216,7 @@ def _per_rank(run: Run) -> tuple[dict[str, dict[int, dict]], dict | None]:
         n = c[r]
         out[schema.COVERAGE_STEPS][r] = merge(
             schema.COVERAGE_STEPS, r, bool(n["steps"]), "step spans",
-            (miss, f"no step recorded while {_ranks_text(any_steps)} recorded steps") if any_steps
+            (miss, f"no step recorded while {ranks_text(any_steps)} recorded steps") if any_steps
             else (miss, "no training step recorded on any rank"))
         out[schema.COVERAGE_PHASES][r] = merge(
             schema.COVERAGE_PHASES, r, bool(n["phases"]), f"phase spans ({phase_names})",
@@ -236,7 +232,7 @@ def _per_rank(run: Run) -> tuple[dict[str, dict[int, dict]], dict | None]:
         else:
             present = bool(n["comm"]) or horovod
             if any_comm:
-                absent = (miss, f"no collective recorded while {_ranks_text(any_comm)} recorded some")
+                absent = (miss, f"no collective recorded while {ranks_text(any_comm)} recorded some")
             elif traffic:
                 absent = (miss, _traffic_text(traffic))
             else:
@@ -249,7 +245,7 @@ def _per_rank(run: Run) -> tuple[dict[str, dict[int, dict]], dict | None]:
             out[schema.COVERAGE_COMM][r] = e
         out[schema.COVERAGE_MEMORY][r] = merge(
             schema.COVERAGE_MEMORY, r, bool(mem.get(r)), "memory breakdown of the sampled steps",
-            (miss, f"no memory breakdown while {_ranks_text(any_mem)} recorded one") if any_mem
+            (miss, f"no memory breakdown while {ranks_text(any_mem)} recorded one") if any_mem
             else (UNKNOWN, "no memory breakdown recorded (Profiler.watch not called, or no sampled step reached)"))
     return out, traffic
 
@@ -267,7 +263,7 @@ def _combine(per_rank: dict[int, dict]) -> dict:
     for r, how in sorted(hit.items()):
         by_how.setdefault(how, []).append(r)
     if state == schema.COVERAGE_MISSING or len(by_how) > 1 or set(hit) != set(per_rank):
-        how = "; ".join(f"{_ranks_text(rs)}: {h}" for h, rs in by_how.items())
+        how = "; ".join(f"{ranks_text(rs)}: {h}" for h, rs in by_how.items())
     else:
         how = next(iter(by_how))
     return {"state": state, "how": how, "ranks": sorted(hit) if state in GAPS else []}

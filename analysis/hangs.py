@@ -15,6 +15,7 @@ from tbdprof import schema
 from .findings.context import Context
 from .findings.hang import WAITING, hang, launcher_exits, rank_states
 from .load import Run
+from .outliers import LARGE_RANKS
 
 SHOWN = ("hung", "failed", "dead", "resumed")  # the states that make a run's hang worth a section
 
@@ -118,7 +119,8 @@ def hang_summary(run: Run) -> dict | None:
 
 
 def print_hangs(con, hangs: dict | None) -> None:
-    """The terminal's first lines for a run that hung: the finding's title, then one line per rank."""
+    """The terminal's first lines for a run that hung: the finding's title, then one line per rank (past
+    ``LARGE_RANKS`` ranks one per culprit and one per group of ranks in the same state, step and place)."""
     if not hangs:
         return
     from rich.markup import escape
@@ -126,7 +128,24 @@ def print_hangs(con, hangs: dict | None) -> None:
     if hangs.get("title"):
         style = "yellow" if hangs.get("severity") == "info" else "bold red"
         con.print(f"[{style}]HANG:[/] {escape(hangs['title'])}")
-    for r, h in hangs["per_rank"].items():
+    per_rank = hangs["per_rank"]
+    if len(per_rank) > LARGE_RANKS:  # one line per culprit, then one per kind of state the others are in
+        from .findings.base import ranks_text
+
+        shown = {r: h for r, h in per_rank.items() if h.get("culprit")}
+        groups: dict[tuple, list[int]] = {}
+        for r, h in per_rank.items():
+            if r not in shown:
+                groups.setdefault((h["state"], h.get("step"), h.get("label") or ""), []).append(int(r))
+        _print_rank_lines(con, dict(list(shown.items())[:LARGE_RANKS]))
+        for (state, step, label), ranks in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            con.print(f"  {ranks_text(ranks)}: {state} at step {step}" + (f", {label}" if label else ""), markup=False)
+        return
+    _print_rank_lines(con, per_rank)
+
+
+def _print_rank_lines(con, per_rank: dict) -> None:
+    for r, h in per_rank.items():
         since = h.get("no_progress_since_s")
         when = f"no progress since {since:.1f} s" if since is not None else \
             f"last seen {h['last_seen_s']:.1f} s" if h.get("last_seen_s") is not None else ""

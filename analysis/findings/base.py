@@ -46,6 +46,13 @@ def graded(value: float, warning: float, critical: float) -> str | None:
 
 
 def ranks_text(ranks) -> str:
-    """``rank 3`` or ``ranks 0, 1``."""
+    """``rank 3``, ``ranks 0, 1``, or for runs of consecutive ranks ``ranks 0-511, 513-1023``."""
     ranks = sorted(ranks)
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
+    runs: list[list[int]] = []
+    for r in ranks:
+        if runs and r == runs[-1][1] + 1:
+            runs[-1][1] = r
+        else:
+            runs.append([r, r])
+    parts = [f"{a}" if a == b else f"{a}, {b}" if b == a + 1 else f"{a}-{b}" for a, b in runs]
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(parts)
