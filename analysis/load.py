@@ -55,6 +55,8 @@ ZOOM_STEPS = 100  # steady steps whose raw spans and memory rows scale mode read
 ZOOM_AT = 0.4637  # where in the steady steps the zoom window lies: off the round fractions at which files start
 SOURCES = ("auto", "raw", "rollups")  # how open_run reads a run: by its size, raw rows always, rollups where present
 SCALE_TABLES = (schema.SPANS, schema.SAMPLES, schema.MEMORY, schema.ROLLUPS)  # read differently in scale mode
+# scale mode's time of a series' reading in an interval: a counter's last reading, a gauge's mean at the middle
+SAMPLE_ROLLUP_TS = "CASE WHEN counter THEN t_last ELSE (t_first + t_last) // 2 END"
 
 
 class RunError(UserError):
@@ -322,9 +324,7 @@ def _connect(run: Run) -> duckdb.DuckDBPyConnection:
             continue
         by_rank: dict[tuple[str, int], list[str]] = {}
         for path in run.files[table]:
-            rank_dir = Path(path).parent
-            key = (rank_dir.parent.name.split("=", 1)[1], int(rank_dir.name.split("=", 1)[1]))
-            by_rank.setdefault(key, []).append(path)
+            by_rank.setdefault(_host_rank(path), []).append(path)
         if not by_rank:
             fields = ", ".join(f"NULL::{_duck_type(f)} AS {f.name}" for f in schema.TABLES[table])
             con.execute(f"CREATE VIEW {table} AS SELECT {fields}, NULL::VARCHAR AS host, NULL::BIGINT AS rank WHERE false")
@@ -360,8 +360,8 @@ def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[i
     con.execute("CREATE TABLE _clock AS SELECT * FROM _clock_arrow")
     paths = [f for t in (schema.SPANS, schema.MEMORY, schema.ROLLUPS) for f in run.files[t]]
     con.register("_file_arrow", pa.table({"filename": pa.array(paths, pa.string()),
-                                          "rank": pa.array([int(Path(f).parent.name.split("=", 1)[1]) for f in paths], pa.int64()),
-                                          "host": pa.array([Path(f).parent.parent.name.split("=", 1)[1] for f in paths], pa.string())}))
+                                          "rank": pa.array([_host_rank(f)[1] for f in paths], pa.int64()),
+                                          "host": pa.array([_host_rank(f)[0] for f in paths], pa.string())}))
     con.execute("CREATE TABLE _file AS SELECT * FROM _file_arrow")
     for name in ("_clock_arrow", "_file_arrow"):
         con.unregister(name)
@@ -389,7 +389,7 @@ def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[i
         "count AS n, value_sum / count AS mean, value_max AS vmax, value_min AS vmin, start_ns AS t_first, "
         "end_ns AS t_last, value_min AS v_first, value_max AS v_last "
         f"FROM ({scan(schema.ROLLUPS, f'kind IN ({gauge}, {counter})')})")
-    con.execute("CREATE VIEW samples AS SELECT CASE WHEN counter THEN t_last ELSE (t_first + t_last) // 2 END AS ts_ns, "
+    con.execute(f"CREATE VIEW samples AS SELECT {SAMPLE_ROLLUP_TS} AS ts_ns, "
                 "metric, device, CASE WHEN counter THEN v_last ELSE mean END AS value, host, rank FROM sample_rollups")
     first, last = con.execute(
         "SELECT max(lo), min(hi) FROM (SELECT rank, min(first_step) AS lo, max(last_step) AS hi FROM rollups "
@@ -402,7 +402,7 @@ def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[i
         lo = max(first, mid - ZOOM_STEPS // 2)
         run.zoom = Zoom(lo, min(last, lo + ZOOM_STEPS - 1))
     # the zoom window's steps, and every rank's deep-window steps (the operator figures read their spans)
-    with_windows = {rank: windows.excluded_ranges(meta) for rank, meta in run.ranks.items() if windows.excluded_ranges(meta)}
+    with_windows = {rank: ranges for rank, meta in run.ranks.items() if (ranges := windows.excluded_ranges(meta))}
     steps = [f"t.step BETWEEN {run.zoom.first} AND {run.zoom.last}"] + [
         f"(fl.rank = {int(rank)} AND t.step BETWEEN {a} AND {b})" for rank, ranges in sorted(with_windows.items()) for a, b in ranges]
     run.memory_rollups = bool(con.execute("SELECT count(*) FROM rollups WHERE kind = ?", [schema.ROLLUP_MEMORY]).fetchone()[0])
@@ -422,8 +422,14 @@ def _define_scale_views(con: duckdb.DuckDBPyConnection, run: Run, clocks: dict[i
         con.execute(f"CREATE VIEW {table} AS SELECT * FROM _zoom_{table}")
 
 
+def _host_rank(path: str) -> tuple[str, int]:
+    """(host, rank) of a segment, from its host=H/rank=R folders."""
+    rank_dir = Path(path).parent
+    return rank_dir.parent.name.split("=", 1)[1], int(rank_dir.name.split("=", 1)[1])
+
+
 def _rank_of(path: str) -> int:
-    return int(Path(path).parent.name.split("=", 1)[1])
+    return _host_rank(path)[1]
 
 
 def _zoom_files(con: duckdb.DuckDBPyConnection, run: Run, table: str, every_file: set[int]) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tbdprof import schema
 
-from .load import Run
+from .load import SAMPLE_ROLLUP_TS, Run
 
 MAX_POINTS = 2000
 COUNTERS = tuple(m.name for m in schema.METRICS.values() if m.counter)
@@ -67,7 +67,7 @@ def sample_buckets(run: Run) -> bool:
             return False
         if run.zoom:  # scale mode: the samples are already one row per series and rollup interval
             run.sql("CREATE TEMP TABLE sample_buckets AS SELECT host, rank, metric, device, "
-                    f"(CASE WHEN counter THEN t_last ELSE (t_first + t_last) // 2 END - {int(run.t0_ns)}) // {int(width)} AS b, "
+                    f"({SAMPLE_ROLLUP_TS} - {int(run.t0_ns)}) // {int(width)} AS b, "
                     "n, mean, vmax, vmin, t_first, t_last, v_first, v_last FROM sample_rollups ORDER BY metric")
         else:
             run.sql(
