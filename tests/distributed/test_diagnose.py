@@ -72,8 +72,14 @@ def test_oversubscribed_threads_are_cpu_contention(tmp_path, data_cache):
 
 def test_leaking_loop_is_a_memory_leak(tmp_path):
     found = findings(plant(tmp_path, "leak", "--steps", "60", "--leak-mb", "4"))
-    assert list(found) == ["memory_leak"] and found["memory_leak"]["ranks"] == [0, 1]
-    per_step = found["memory_leak"]["evidence"]["per_rank"]["1"]["bytes_per_step"]
+    leak = found.pop("memory_leak")
+    assert leak["ranks"] == [0, 1]
+    # Fresh memory costs page faults: on this machine the leak's own 4 MiB a step took the median step from
+    # about 22 to 45 ms in some runs (plant.py with and without --leak-mb, 3 runs each), a true slowdown.
+    # If it is reported, it is of every rank alike, never a straggler or another cause.
+    slow = found.pop("slowdown", None)
+    assert not found and (slow is None or slow["evidence"]["ranks_alike"])
+    per_step = leak["evidence"]["per_rank"]["1"]["bytes_per_step"]
     assert 3 * 2**20 < per_step < 8 * 2**20  # 4 MiB of tensors per step, plus allocator overhead
 
 
