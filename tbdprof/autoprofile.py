@@ -213,6 +213,9 @@ class AutoRecorder:
 
         GradScaler.update = scaler_update
         self._restore.append(lambda: setattr(GradScaler, "update", update))
+        from .phases import watch_backward
+
+        self._restore.append(watch_backward())  # backward passes: torch.autograd.backward and grad wrapped
 
     def _module_hook(self):
         from torch.nn.modules import module
@@ -267,6 +270,8 @@ class AutoRecorder:
             h.remove()
         for undo in self._restore:
             undo()
+        if self.steps is not None:
+            self.steps.phases.disarm()
         self._handles, self._restore, self._top = [], [], None
         self._local.clear()
 
@@ -411,16 +416,14 @@ class AutoRecorder:
         if module is self._top:
             self._nest += 1
 
+    @_guarded
     def _local_post(self, module, args, output) -> None:
+        """The top module's forward hook: its outermost call returned (the global pre-hook goes back in)."""
         if module is not self._top:
             return None  # a module that was a top once, inside another's forward
         if self._nest:
             self._nest -= 1
             return None
-        return self._exit(output)
-
-    @_guarded
-    def _exit(self, output) -> None:
         self._top = None
         hooks, key = self._global_pre
         hooks[key] = self._fwd_pre

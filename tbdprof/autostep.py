@@ -48,9 +48,9 @@ class AutoSteps:
 
     def __init__(self, prof: Profiler):
         self.prof = prof
-        self.phases = PhaseTracker(prof, self._emit)
+        self._spans: list[tuple[str, int, int]] = []  # host phases of the open step (changed in place only)
+        self.phases = PhaseTracker(prof, self._spans.append)  # (name, start, end) rows, no Python frame of ours
         self.forward_end = self.phases.forward_end  # the model's forward returned: the phases' own (no step state)
-        self._spans: list[tuple[str, int, int]] = []  # host phases of the open step
         self._fetched: deque = deque(maxlen=_FETCH_QUEUE)  # (fetch start, items)
         self._loader_seen = False
         self._trained = False  # a training forward in the open step
@@ -62,13 +62,10 @@ class AutoSteps:
         self.steps_skipped = 0  # steps whose optimizer step a GradScaler skipped
         self.spans_recorded = 0  # spans handed to the Profiler from inside the hooks (steps, phases, eval marks)
 
-    def _emit(self, name: str, start: int, end: int) -> None:
-        self._spans.append((name, start, end))
-
     def _open(self, now: int) -> None:
         """Make sure a step is open for an event at ``now``."""
         prof = self.prof
-        if prof.step_open:
+        if prof._step_start is not None:  # prof.step_open, without a property call: this runs at every event
             if self._eval is None or self._trained:
                 return
             prof.discard_step()  # the open step held only an evaluation pass (and its fetches): begin again after it
@@ -78,7 +75,7 @@ class AutoSteps:
             self._mark_eval()
             self.spans_recorded += 1
             start = max(start, self._eval[1])
-            self._spans = [s for s in self._spans if s[1] >= start]
+            self._spans[:] = [s for s in self._spans if s[1] >= start]
             # the pass's own batches came after the last step; a look-ahead batch fetched during it stays
             self._fetched = deque((f for f in self._fetched if f[0] >= start or (last_end is not None and f[0] < last_end)),
                                   maxlen=_FETCH_QUEUE)
@@ -93,7 +90,7 @@ class AutoSteps:
     def fetched(self, start: int, end: int, batch) -> None:
         """A batch came out of a DataLoader (with gradients enabled)."""
         self._open(start)
-        if self.phases.open_phase is not None:
+        if self.phases._name is not None:  # its open_phase
             self.phases.close(start)
         self._loader_seen = True
         self._spans.append((schema.PHASE_DATA, start, end))
@@ -101,7 +98,8 @@ class AutoSteps:
 
     def forward_begin(self, module, args) -> None:
         """A forward of a trained module with gradients enabled (the model, at the top)."""
-        self._open(clock.now_ns())
+        if self.prof._step_start is None or (self._eval is not None and not self._trained):  # else _open is a no-op
+            self._open(clock.now_ns())
         if self._fetched:
             items = self._fetched.popleft()[1]
         else:
@@ -155,18 +153,16 @@ class AutoSteps:
 
     def _end_step(self, now: int) -> None:
         prof = self.prof
-        step = prof.step_index
-        for name, start, end in self._spans:
-            prof.add_span(name, schema.KIND_PHASE, start, end, step=step)
+        prof.add_phases(self._spans)
         self.spans_recorded += len(self._spans) + 1  # and the step's own row
-        self._spans = []
+        self._spans.clear()
         self._trained = False
         prof.end_step(end_ns=now)
 
     def close(self) -> None:
         """At the end of the script: a step no optimizer closed is not a step."""
         self.phases.close()
-        self._spans = []
+        self._spans.clear()
         self.prof.discard_step()
         if self._eval is not None:
             self._mark_eval()

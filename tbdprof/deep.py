@@ -464,7 +464,7 @@ class DeepWindows:
                 self.request = None
                 req.entry["state"] = "missed"
                 self._dirty = True
-        if scheduled_start(step + 1, self.every, self.prof.warmup_steps):
+        if self.every and scheduled_start(step + 1, self.every, self.prof.warmup_steps):
             self._start(_Window(step + 1, self.steps, TRIGGER_SCHEDULE))
 
     # --- the progress watch's thread: on-demand requests (`tbdprof trace`) -------------

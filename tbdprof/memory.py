@@ -83,17 +83,42 @@ class MemoryTracker:
         self.row_ns = 0  # the part of timed_ns taking rows, at step ends (inside the zero-code hooks' own time)
         self.packed = 0
         self.measured_steps = 0
-        self._handles = [
-            model.register_forward_pre_hook(CopySafeHook(self._fwd_pre)),  # deepcopy(model) copies no tracker
-            model.register_forward_hook(CopySafeHook(self._fwd_post)),
-        ]
-        # Gradients are measured as an optimizer starts (a loop may zero them
-        # right after), optimizer state as it ends (it is created lazily).
-        for optimizer in self.optimizers:
-            self._handles += [
-                optimizer.register_step_pre_hook(self._opt_pre),
-                optimizer.register_step_post_hook(self._opt_post),
+        # The hooks are in only for the steps measured (arm, arm_optimizers): the other steps run without them.
+        self._model_hooks: list = []
+        self._optimizer_hooks: list = []
+        self.armed = self.optimizers_armed = False
+        self.arm(True)
+        self.arm_optimizers(True)
+
+    def arm(self, on: bool) -> None:
+        """Put the model's forward hooks in (``on``) or take them out (then its forwards take PyTorch's
+        hook-free path, as unprofiled). Called between steps, for the next one: a forward's pre-hooks are read
+        as the call begins."""
+        if on and not self.armed:
+            self._model_hooks = [
+                self.model.register_forward_pre_hook(CopySafeHook(self._fwd_pre)),  # deepcopy(model) copies no tracker
+                self.model.register_forward_hook(CopySafeHook(self._fwd_post)),
             ]
+        elif not on and self.armed and self._hooks_ctx is None:  # never inside a forward it is counting
+            for h in self._model_hooks:
+                h.remove()
+            self._model_hooks = []
+        self.armed = bool(self._model_hooks)
+
+    def arm_optimizers(self, on: bool) -> None:
+        """Put the optimizers' step hooks in (``on``) or take them out. Gradients are measured as an optimizer
+        starts (a loop may zero them right after), optimizer state as it ends (it is created lazily). Called as
+        a step begins, never from inside an optimizer's hooks (a step may end in one, while PyTorch iterates
+        over them)."""
+        if on and not self.optimizers_armed:
+            for optimizer in self.optimizers:
+                self._optimizer_hooks += [optimizer.register_step_pre_hook(self._opt_pre),
+                                          optimizer.register_step_post_hook(self._opt_post)]
+        elif not on and self.optimizers_armed:
+            for h in self._optimizer_hooks:
+                h.remove()
+            self._optimizer_hooks = []
+        self.optimizers_armed = on
 
     # --- forward: count what autograd saves --------------------------------
 
@@ -197,8 +222,10 @@ class MemoryTracker:
                          total=total, peak=self._peak(end_total))
 
     def remove(self) -> None:
-        for h in self._handles:
+        for h in self._model_hooks + self._optimizer_hooks:
             h.remove()
+        self._model_hooks, self._optimizer_hooks = [], []
+        self.armed = self.optimizers_armed = False
         if self._hooks_ctx is not None:
             self._hooks_ctx.__exit__(None, None, None)
             self._hooks_ctx = None

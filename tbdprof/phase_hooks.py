@@ -4,8 +4,8 @@
 on ``model`` and ``optimizer``, the phases of :class:`tbdprof.phases.PhaseTracker`
 (the same state machine ``tbdprof profile`` uses):
 
-- ``forward``: the model's forward, until backward reaches its output (the
-  loss belongs to it);
+- ``forward``: the model's forward, until the backward pass that follows
+  starts (the loss belongs to it);
 - ``backward``: until that backward pass has finished (DDP's allreduce wait included);
 - ``optimizer``: ``optimizer.step`` (after its closure, when it is given one).
 
@@ -25,7 +25,7 @@ import torch
 
 from . import schema
 from .hooks import CopySafeHook
-from .phases import PhaseTracker, time_closure
+from .phases import PhaseTracker, time_closure, watch_backward
 from .profiler import Profiler, _batch_items
 
 
@@ -34,7 +34,7 @@ class Instrumentation:
 
     def __init__(self, prof: Profiler, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
         self.prof = prof
-        self.phases = PhaseTracker(prof, lambda name, start, end: prof.add_span(name, schema.KIND_PHASE, start, end))
+        self.phases = PhaseTracker(prof, lambda span: prof.add_span(span[0], schema.KIND_PHASE, span[1], span[2]))
         self._training = False  # the model's forward in progress has gradients enabled
         inner = getattr(model, "module", model)
         self._handles = [
@@ -43,6 +43,7 @@ class Instrumentation:
             optimizer.register_step_pre_hook(self._opt_pre),
             optimizer.register_step_post_hook(self._opt_post),
         ]
+        self._give_back = watch_backward()
         prof.add_progress_probe(lambda: {"phase": self.phases.open_phase})
         prof.watch(model, optimizer)
 
@@ -71,6 +72,8 @@ class Instrumentation:
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+        self.phases.disarm()
+        self._give_back()
 
 
 def instrument(prof: Profiler, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Instrumentation:

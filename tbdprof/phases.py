@@ -7,27 +7,36 @@ that moment, and the caller closes the open one before it ends the step, so
 phases stay inside their step.
 
 - ``forward`` opens when the trained model's forward starts. It ends when
-  backward reaches the model's output (so the loss, functional or a loss
+  the backward pass that follows starts (so the loss, functional or a loss
   module, belongs to the forward, as it does for a framework whose model
   returns its loss), or, when no backward follows, at the end of the model's
   own forward.
-- ``backward`` opens when autograd first reaches any output tensor of the
-  model (one multi-tensor hook) and closes when that backward pass has run
-  all its final callbacks: DDP waits for its allreduce buckets in one of
-  those, so DDP's exposed communication is part of the backward, as the
-  training thread sees it. Several forward/backward pairs per step
-  (gradient accumulation, ``no_sync``) give several pairs of phases.
+- ``backward`` opens when a backward pass starts (``loss.backward()``,
+  ``torch.autograd.backward`` or ``torch.autograd.grad``) on the thread
+  where the model's training forward returned, and closes when that pass
+  returns, after all its final callbacks: DDP waits for its allreduce
+  buckets in one of those, so DDP's exposed communication is part of the
+  backward, as the training thread sees it. Several forward/backward pairs
+  per step (gradient accumulation, ``no_sync``) give several pairs of
+  phases. The passes are seen by wrapping those two functions (once for
+  the process, while some recorder needs them: :func:`watch_backward`), not
+  by a hook on each forward's output: registering a hook on an autograd
+  node costs tens of microseconds inside a real step, where the step's
+  compute has left the caches cold.
 - ``optimizer`` covers ``optimizer.step()``; with a closure (Lightning,
   LBFGS) it opens when the closure returns, since forward and backward run
   inside the call.
 
-Host-timed phases go to ``emit(name, start_ns, end_ns)``; on a GPU each phase
+Host-timed phases go to ``emit((name, start_ns, end_ns))``; on a GPU each phase
 is a :class:`tbdprof.cuda.CudaPhase` on the current stream (device time of its
 kernels), closed at the same events.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+import threading
 import weakref
 from typing import Callable
 
@@ -35,25 +44,55 @@ import torch
 
 from . import clock, schema
 
-_MAX_OUTPUT_TENSORS = 32  # hooked outputs of one forward: the loss and logits are among the first
+log = logging.getLogger("tbdprof")
+
+_PASS_FUNCTIONS = ("backward", "grad")  # of torch.autograd: every backward pass a script starts goes through one
+_armed: dict[int, "PhaseTracker"] = {}  # thread -> the tracker whose model's training forward returned there
+_watchers = 0  # recorders that asked for watch_backward() and did not give it back
 
 
-def output_tensors(obj, limit: int = _MAX_OUTPUT_TENSORS) -> list:
-    """Tensors in a forward's output that autograd will reach (model-output objects, dicts, tuples)."""
-    found: list = []
-    stack = [obj]
-    while stack and len(found) < limit:
-        o = stack.pop()
-        if isinstance(o, torch.Tensor):  # torch.is_tensor's own test, without its Python frame
-            if o.requires_grad:
-                found.append(o)
-        elif isinstance(o, dict):
-            stack.extend(reversed(list(o.values())))
-        elif isinstance(o, (list, tuple)):
-            stack.extend(reversed(o))
-        elif hasattr(o, "to_tuple"):  # transformers' ModelOutput
-            stack.extend(reversed(o.to_tuple()))
-    return found
+def _pass_watched(run):
+    """``run`` (``torch.autograd.backward`` or ``grad``), telling the armed tracker of the calling thread when its
+    backward pass starts and returns."""
+
+    @functools.wraps(run)
+    def backward_pass(*args, **kwargs):
+        tracker = _armed.get(threading.get_ident()) if _armed else None
+        if tracker is None or torch._C._current_graph_task_id() != -1:  # none waits, or a pass inside a pass
+            return run(*args, **kwargs)  # (reentrant checkpointing runs a backward inside the backward)
+        this = tracker._backward_guarded(tracker.backward_begin)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            tracker._backward_guarded(tracker.backward_end, this)
+
+    backward_pass._tbdprof_runs = run
+    return backward_pass
+
+
+def watch_backward() -> Callable[[], None]:
+    """Have backward passes seen by the trackers (``torch.autograd.backward`` and ``grad`` wrapped, once however
+    many recorders ask); returns the function that gives this share back: the last one restores them."""
+    global _watchers
+    if _watchers == 0:
+        for name in _PASS_FUNCTIONS:
+            setattr(torch.autograd, name, _pass_watched(getattr(torch.autograd, name)))
+    _watchers += 1
+    given = []
+
+    def give_back() -> None:
+        global _watchers
+        if given:
+            return
+        given.append(True)
+        _watchers -= 1
+        if _watchers == 0:
+            for name in _PASS_FUNCTIONS:
+                run = getattr(getattr(torch.autograd, name), "_tbdprof_runs", None)
+                if run is not None:  # else wrapped again since, by someone else: ours stays in, passing through
+                    setattr(torch.autograd, name, run)
+
+    return give_back
 
 
 def time_closure(args: tuple, kwargs: dict, after: Callable[[], None]):
@@ -74,28 +113,34 @@ def time_closure(args: tuple, kwargs: dict, after: Callable[[], None]):
     return (args[0], timed_closure, *args[2:]), kwargs
 
 
-_first_param: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> its first parameter (or False)
+# id(module) -> (weak reference to it, its first parameter or False): walking parameters() costs microseconds, at
+# every forward, and a plain dict lookup is cheaper than a WeakKeyDictionary's (a weak reference per lookup)
+_first_param: dict[int, tuple] = {}
 
 
 def on_gpu(module: torch.nn.Module) -> bool:
     """True when ``module``'s (first) parameter lives on a CUDA device."""
-    first = _first_param.get(module)  # walking parameters() costs microseconds, at every forward
-    if first is None:
-        first = _first_param[module] = next(module.parameters(), False)
+    key = id(module)
+    hit = _first_param.get(key)
+    if hit is None or hit[0]() is not module:
+        hit = _first_param[key] = (weakref.ref(module, lambda _, key=key: _first_param.pop(key, None)),
+                                   next(module.parameters(), False))
+    first = hit[1]
     return first is not False and first.is_cuda  # a Parameter keeps its identity across module.to()
 
 
 class PhaseTracker:
     """One training thread's phases; see the module docstring for when each opens and closes."""
 
-    def __init__(self, prof, emit: Callable[[str, int, int], None]):
+    def __init__(self, prof, emit: Callable[[tuple[str, int, int]], None]):
         self.prof = prof
         self._emit = emit
         self._name: str | None = None  # the open phase
         self._start = 0
         self._cuda = None  # its CudaPhase when timed on the device
         self._fwd_end: int | None = None  # the model's forward returned (backward may follow)
-        self._bwd_pass = 0  # backward passes begun: a pass's end callback closes only its own phase
+        self._bwd_pass = 0  # backward passes begun: a pass's end closes only its own phase
+        self._thread: int | None = None  # where this tracker is armed (in _armed): the next backward pass is its
         self.device = False
 
     @property
@@ -120,7 +165,7 @@ class PhaseTracker:
             self._cuda.__exit__(None, None, None)
             self._cuda = None
         else:
-            self._emit(self._name, self._start, max(self._start, end))
+            self._emit((self._name, self._start, max(self._start, end)))
         self._name = None
 
     def forward_begin(self, module: torch.nn.Module) -> None:
@@ -128,38 +173,46 @@ class PhaseTracker:
         self._open(schema.PHASE_FORWARD, clock.now_ns())
 
     def forward_end(self, output) -> None:
-        """The model's forward returned: hook its output so that the backward which follows is seen."""
+        """The model's forward returned: a training forward's backward pass, when one starts, is this step's."""
         if self._name != schema.PHASE_FORWARD:
             return
         self._fwd_end = clock.now_ns()
-        tensors = output_tensors(output)
-        if not tensors or not torch.is_grad_enabled():
-            return
-        if len(tensors) == 1:  # the common case, at half the cost of a multi-tensor hook
-            node = tensors[0].grad_fn  # a pre-hook on the node that made it: no Python handle object per forward
-            if node is not None:
-                node.register_prehook(self._backward_reached)
-            else:
-                tensors[0].register_hook(self._backward_reached)
-        else:
-            torch.autograd.graph.register_multi_grad_hook(tensors, self._backward_reached, mode="any")
+        if torch.is_grad_enabled() and self._thread is None:
+            self._thread = threading.get_ident()
+            _armed[self._thread] = self
 
-    def _backward_reached(self, _grad) -> None:
+    def disarm(self) -> None:
+        """Backward passes are not this tracker's until its model's next training forward."""
+        if self._thread is not None:
+            if _armed.get(self._thread) is self:
+                del _armed[self._thread]
+            self._thread = None
+
+    def backward_begin(self) -> int:
+        """A backward pass starts on this thread after the model's training forward; returns the pass."""
         if self._name == schema.PHASE_BACKWARD:
-            return
+            return 0
         if self._name == schema.PHASE_FORWARD:
-            self._fwd_end = None  # the forward lasts until backward reaches it: the loss belongs to it
+            self._fwd_end = None  # the forward lasts until the backward starts: the loss belongs to it
         self._open(schema.PHASE_BACKWARD, clock.now_ns())
         self._bwd_pass += 1
-        this_pass = self._bwd_pass
-        engine = torch.autograd.Variable._execution_engine
-        # Final callbacks run in the order queued, and a callback may queue more: queueing ours
-        # from the first one puts it after DDP's, which waits for the gradient allreduce.
-        engine.queue_callback(lambda: engine.queue_callback(lambda: self._backward_done(this_pass)))
+        return self._bwd_pass
 
-    def _backward_done(self, this_pass: int) -> None:
+    def backward_end(self, this_pass: int) -> None:
+        """The pass returned (its final callbacks, DDP's among them, have run)."""
         if self._name == schema.PHASE_BACKWARD and this_pass == self._bwd_pass:
             self.close()
 
+    def _backward_guarded(self, method, *args):
+        """``method(*args)`` from inside the script's backward call: an error disarms this tracker, said once,
+        and never reaches the script."""
+        try:
+            return method(*args)
+        except Exception as e:  # noqa: BLE001 - profiling must never break the training
+            self.disarm()
+            log.warning("tbdprof: backward phases no longer recorded (%s: %s)", e.__class__.__name__, e)
+            return 0
+
     def optimizer_begin(self) -> None:
+        self.disarm()  # a backward pass from here on belongs to the next training forward
         self._open(schema.PHASE_OPTIMIZER, clock.now_ns())

@@ -106,7 +106,10 @@ def _check_removed(originals) -> None:
     left = [name for name, d in (("forward pre", module._global_forward_pre_hooks), ("forward", module._global_forward_hooks),
                                  ("optimizer pre", optimizer._global_optimizer_pre_hooks),
                                  ("optimizer post", optimizer._global_optimizer_post_hooks)) if d]
-    if dataloader._BaseDataLoaderIter.__next__ is not originals[0] or GradScaler.update is not originals[1]:
+    import torch
+
+    if (dataloader._BaseDataLoaderIter.__next__ is not originals[0] or GradScaler.update is not originals[1]
+            or (torch.autograd.backward, torch.autograd.grad) != originals[2:]):
         left.append("patched methods")
     if left:
         raise RuntimeError(f"zero-code hooks not removed: {left}")
@@ -128,7 +131,7 @@ def run_rank(args) -> dict:
     from torch.utils.data import dataloader
     from torch.amp.grad_scaler import GradScaler
 
-    originals = (dataloader._BaseDataLoaderIter.__next__, GradScaler.update)
+    originals = (dataloader._BaseDataLoaderIter.__next__, GradScaler.update, torch.autograd.backward, torch.autograd.grad)
     inner, x, y = build(args.workload)
     opt = torch.optim.SGD(inner.parameters(), lr=1e-3, momentum=0.9)
     autoprofile.TRAINED.add(opt)

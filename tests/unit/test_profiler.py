@@ -72,6 +72,39 @@ def test_memory_breakdown_counts_weights_grads_state_and_activations(tmp_path, n
     assert last["device"] == "cpu"
 
 
+@pytest.mark.parametrize("driver", ["loader", "instrument"])
+def test_memory_hooks_are_in_only_for_the_measured_steps(tmp_path, no_launcher, driver):
+    """Between measured steps the model and its optimizer run without the breakdown's hooks, as unprofiled;
+    the measured steps still get whole rows, with prof.loader and with instrument() (whose steps end inside
+    the optimizer's own post-hooks, where PyTorch forbids changing them)."""
+    model = _model()
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    prof = tbdprof.Profiler(out=tmp_path, run_id=driver, flush_s=5, warmup_steps=0, memory_every=3)
+    hooks = []
+    with prof:
+        if driver == "instrument":
+            tbdprof.instrument(prof, model, opt)
+        else:
+            prof.watch(model, opt)
+        base = (1, 1) if driver == "instrument" else (0, 0)  # instrument()'s own forward and step pre-hooks
+        batches = _batches(n=8)
+        for x, y in prof.loader(batches) if driver == "loader" else batches:
+            hooks.append((len(model._forward_pre_hooks) - base[0], len(opt._optimizer_step_pre_hooks) - base[1]))
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+    measured = [0, 1, 3, 6]  # up to one past warm-up, then every 3rd
+    pattern = [int(s in measured) for s in range(8)]
+    assert [h[0] for h in hooks] == pattern  # in for the forward of a measured step, out for the others
+    if driver == "loader":  # the optimizer's are set as the step begins: with instrument(), inside its forward
+        assert [h[1] for h in hooks] == pattern
+    rows = [dict(zip(schema.TABLES[schema.MEMORY].names, r)) for r in _read(tmp_path / driver, "memory").fetchall()]
+    assert [r["step"] for r in rows] == measured
+    assert all(r["gradients"] == n_params * 4 and r["activations"] == (32 * 64 + 32 * 128) * 4 for r in rows)
+    assert all(r["optimizer_state"] == n_params * 4 for r in rows)
+
+
 def test_adam_state_is_two_moments_plus_step_counters(tmp_path, no_launcher):
     model = _model()
     n_params = sum(p.numel() for p in model.parameters())
@@ -101,6 +134,35 @@ def test_instrument_records_phases_without_phase_blocks(tmp_path, no_launcher):
     assert items == [32]
     order = duckdb.sql("SELECT list(name ORDER BY start_ns) FROM rows WHERE step = 1 AND kind = 'phase'").fetchall()[0][0]
     assert order == ["forward", "backward", "optimizer"]
+
+
+def test_backward_passes_are_seen_while_instrumented_and_only_then(tmp_path, no_launcher):
+    """Every backward pass after the model's training forward is a backward phase (a retained graph's second
+    pass too, torch.autograd.grad's as well); a pass on another thread is not this thread's; removing the
+    instrumentation gives torch.autograd's functions back."""
+    import threading
+
+    original = (torch.autograd.backward, torch.autograd.grad)
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    prof = tbdprof.Profiler(out=tmp_path, run_id="b", flush_s=5)
+    with prof:
+        ins = tbdprof.instrument(prof, model, opt)
+        for x, y in _batches(n=2):
+            loss = nn.functional.cross_entropy(model(x), y)
+            other = threading.Thread(target=lambda: (torch.ones(2, requires_grad=True) * 2).sum().backward())
+            other.start()
+            other.join()
+            loss.backward(retain_graph=True)
+            torch.autograd.grad(loss, list(model.parameters())[-1])
+            opt.step()
+            opt.zero_grad()
+        ins.remove()
+    assert (torch.autograd.backward, torch.autograd.grad) == original
+    rows = _read(tmp_path / "b", "spans")
+    order = duckdb.sql("SELECT list(name ORDER BY start_ns) FROM rows WHERE step = 1 AND kind = 'phase'").fetchall()[0][0]
+    assert order == ["forward", "backward", "backward", "optimizer"]
+    assert _phases_inside_steps(rows) == []
 
 
 def _phases_inside_steps(rows) -> list:
