@@ -61,6 +61,7 @@ def _figure(svg: str | None, caption: str) -> str:
 
 
 PLOT_POINTS = 500  # per series: more than a 7.5-inch figure can show
+HOSTS_LISTED = 8  # the page header names at most this many hosts, else their count, first and last
 
 
 def _timeline(run: Run, summary: dict, metric: str, title: str, unit: str, scale: float = 1.0, per_host: bool = False) -> str:
@@ -202,6 +203,30 @@ def _shown(summary: dict, per_rank: dict) -> dict:
     return {r: v for r, v in per_rank.items() if str(r) in keep}
 
 
+def _shown_hosts(summary: dict, per_host: dict) -> dict:
+    """``per_host`` (by host), past outliers.LARGE_RANKS ranks only the slowest hosts and those of the slowest
+    ranks (summary["rank_outliers"])."""
+    large = summary.get("rank_outliers")
+    if not large:
+        return per_host
+    keep = {h["host"] for h in large["slowest_hosts"]} | {r["host"] for r in large["slowest_ranks"]}
+    return {h: v for h, v in per_host.items() if h in keep}
+
+
+def _hosts_text(hosts: list[str]) -> str:
+    """The hosts by name, or past ``HOSTS_LISTED`` their count and first and last name."""
+    if len(hosts) <= HOSTS_LISTED:
+        return f"{len(hosts)} host(s): {', '.join(hosts)}"
+    return f"{len(hosts)} hosts ({hosts[0]} to {hosts[-1]})"
+
+
+def _large_note(summary: dict, what: str) -> list[str]:
+    """Past outliers.LARGE_RANKS ranks, the note under a table that shows some ranks or hosts only."""
+    if not summary.get("rank_outliers"):
+        return []
+    return [f'<p class="note">{_esc(what)}; every one: summary.json.</p>']
+
+
 def _large(summary: dict) -> list[str]:
     """Past outliers.LARGE_RANKS ranks: the distribution over ranks, the slowest ranks and hosts with their cause."""
     large = summary.get("rank_outliers")
@@ -296,7 +321,9 @@ def _utilization(run: Run, summary: dict) -> list[str]:
          fmt_num(u.get("cpu.process_threads", {}).get("avg"), 0)] for r, u in _shown(summary, util["per_rank"]).items()]))
     out.append(_table(["host", "cores", "system CPU avg", "iowait avg", "per-core avg"], [
         [h, u.get("cores") or "-", fmt_num(u.get("cpu.system_pct", {}).get("avg")) + "%", fmt_num(u.get("cpu.iowait_pct", {}).get("avg")) + "%",
-         " ".join(f"{c}:{v['avg']:.0f}%" for c, v in u.get("per_core_pct", {}).items())] for h, u in util["per_host"].items()]))
+         " ".join(f"{c}:{v['avg']:.0f}%" for c, v in u.get("per_core_pct", {}).items())]
+        for h, u in _shown_hosts(summary, util["per_host"]).items()]))
+    out += _large_note(summary, "Ranks and hosts shown: the slowest ones and their hosts")
     out.append(_timeline(run, summary, "cpu.process_pct", "rank CPU (100% = one core)", "%"))
     out.append(_timeline(run, summary, "cpu.system_pct", "host CPU (100% = all cores)", "%"))
     out.append(_timeline(run, summary, "cpu.core_pct", "per-core busy", "%"))
@@ -304,7 +331,7 @@ def _utilization(run: Run, summary: dict) -> list[str]:
         out.append('<p class="note">GPU: not recorded in this run (no NVML device). FP32 utilization: unavailable.</p>')
         return out
     figures = summary["gpu"]
-    out.append(_table(GPU_TABLE_HEADER, gpu_table_rows(figures)))
+    out.append(_table(GPU_TABLE_HEADER, gpu_table_rows(figures | {"per_rank": _shown(summary, figures["per_rank"])})))
     out.append('<p class="note">GPU util: NVML, the share of time a kernel ran. SM occupancy, tensor, FP32 and DRAM '
                'bandwidth: NVML GPM counters (Hopper and newer); "unavailable" where the rank recorded none, never estimated. '
                'Fragmentation: free bytes in the caching allocator\'s split blocks over its reserved bytes.</p>')
@@ -336,7 +363,8 @@ def _network(run: Run, summary: dict) -> list[str]:
     out.append(_table(["host", "interface", "sent", "received", "sent/s", "received/s", "sent / step", "received / step"], [
         [h, nic, fmt_bytes(v.get("bytes_sent")), fmt_bytes(v.get("bytes_recv")), fmt_rate(v.get("sent_bytes_per_s")),
          fmt_rate(v.get("recv_bytes_per_s")), fmt_bytes(v.get("sent_bytes_per_step")), fmt_bytes(v.get("recv_bytes_per_step"))]
-        for h, nics in net["interfaces"].items() for nic, v in nics.items()]))
+        for h, nics in _shown_hosts(summary, net["interfaces"]).items() for nic, v in nics.items()]))
+    out += _large_note(summary, "Hosts shown: the slowest ones and those of the slowest ranks")
     link = net["link_bytes_per_s"]
     out.append(f"<p>Achieved collective bandwidth from the communication spans (nccl-tests definitions); link capacity: "
                f"{_esc(fmt_rate(link) if link else 'unknown (pass --link-bandwidth)')}.</p>")
@@ -404,7 +432,7 @@ def render_html(run: Run, summary: dict) -> str:
     parts = [f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",
              f"<p>{_subject(run_meta)}, {summary['world_size']} ranks on "
-             f"{len(summary['hosts'])} host(s): {_esc(', '.join(summary['hosts']))}; generated {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+             f"{_esc(_hosts_text(summary['hosts']))}; generated {_esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
              f"<nav>{nav}</nav>"]
     parts += _hang(summary) + _coverage(summary) + _overview(summary)
     parts.append(_section("Step time"))

@@ -9,6 +9,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,22 @@ def test_html_heatmap_shows_the_slow_rank_and_host(chromium, large_run):
     assert f"Slowest ranks (of {RANKS})" in text and "compute (forward" in text
     # the per-rank tables show the outliers, not 128 rows
     assert text.count("\nrank 5\t") == 0 and f"rank {SLOW_RANK}" in text
+
+
+def test_html_tables_show_the_outliers_and_their_hosts_only(large_run):
+    """Past 16 ranks no table of the page has a row per rank or per host: the header counts the hosts, and the
+    host, GPU and network tables keep the slowest hosts and the hosts of the slowest ranks."""
+    run, _ = large_run
+    html = (run / "report.html").read_text(encoding="utf-8")
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    hosts = summary["hosts"]
+    assert f"{RANKS} ranks on {len(hosts)} hosts ({hosts[0]} to {hosts[-1]});" in html
+    tables = re.findall(r"<table>.*?</table>", html, re.S)
+    rows = [len(re.findall(r"<tr>", t)) - 1 for t in tables]
+    assert max(rows) <= 2 * 12, rows  # a network row per host and interface, two interfaces
+    large = summary["rank_outliers"]
+    shown = {h["host"] for h in large["slowest_hosts"]} | {r["host"] for r in large["slowest_ranks"]}
+    host_table = next(t for t in tables if "<th>system CPU avg</th>" in t)
+    assert set(re.findall(r"<tr><td>(node\d+)</td>", host_table)) == shown and SLOW_HOST in shown
+    gpu_table = next(t for t in tables if "<th>GPU util</th>" in t)
+    assert {int(r) for r in re.findall(r"<tr><td>(\d+)</td>", gpu_table)} == {r["rank"] for r in large["slowest_ranks"]}
