@@ -32,6 +32,7 @@ interval's upper bound at most 1.01 for steps of 40 ms and more, 1.02 at 5 ms.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import random
@@ -141,6 +142,10 @@ def run_rank(args) -> dict:
     null = __import__("contextlib").nullcontext()
 
     def block(mode: str, tag: str) -> list[float]:
+        # The previous block's garbage is collected here, outside every mode's steps: torch.profiler's events
+        # with shapes, memory and stacks otherwise made a collection of 120-240 ms land in the next block,
+        # inside whatever ran first (the zero-code recorder's first hook, whose own account then read 8 %).
+        gc.collect()
         model = inner
         if world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
