@@ -65,7 +65,7 @@ class AutoSteps:
     def _open(self, now: int) -> None:
         """Make sure a step is open for an event at ``now``."""
         prof = self.prof
-        if prof._step_start is not None:  # prof.step_open, without a property call: this runs at every event
+        if prof.step_open:
             if self._eval is None or self._trained:
                 return
             prof.discard_step()  # the open step held only an evaluation pass (and its fetches): begin again after it
@@ -90,7 +90,7 @@ class AutoSteps:
     def fetched(self, start: int, end: int, batch) -> None:
         """A batch came out of a DataLoader (with gradients enabled)."""
         self._open(start)
-        if self.phases._name is not None:  # its open_phase
+        if self.phases.open_phase is not None:
             self.phases.close(start)
         self._loader_seen = True
         self._spans.append((schema.PHASE_DATA, start, end))
@@ -98,8 +98,7 @@ class AutoSteps:
 
     def forward_begin(self, module, args) -> None:
         """A forward of a trained module with gradients enabled (the model, at the top)."""
-        if self.prof._step_start is None or (self._eval is not None and not self._trained):  # else _open is a no-op
-            self._open(clock.now_ns())
+        self._open(clock.now_ns())
         if self._fetched:
             items = self._fetched.popleft()[1]
         else:

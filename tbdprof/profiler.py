@@ -205,12 +205,12 @@ class Profiler:
         self.rank_dir: Path | None = None
         self._samplers = samplers
         self._buffers = Buffers()
-        self._spans = self._buffers.queues[SpanRow]  # appended to by _record_span and where it is inlined
+        self._spans = self._buffers.queues[SpanRow]  # appended to by _record_span and _Phase only
         self._memory = self._buffers.queues[schema.MemoryRow]
         self._step_start: int | None = None
         self._step_items: int | None = None
         self._step_units: int | None = None
-        self.last_step_end_ns: int | None = None  # when the last closed step ended (None before the first)
+        self._last_step_end: int | None = None
         self._step_observers: list[Callable[[int], None]] = []
         self._kinds_seen: set[str] = set()  # span kinds recorded, for the coverage defaults
         self.coverage: dict[str, dict[str, str]] = {}
@@ -521,8 +521,7 @@ class Profiler:
     def _record_span(self, row: tuple) -> None:
         """Buffer a span, from any thread: steps, the loader's data wait, marks, and the sink of comm
         hooks and CUDA spans (``_Phase`` inlines it). ``row``: a :class:`SpanRow`, or on the training
-        thread a plain tuple of all its columns (see :mod:`tbdprof.schema`). The per-step paths inline it: ``_Phase``,
-        :meth:`add_phases`, the loader's data wait and the step rows."""
+        thread a plain tuple of all its columns (see :mod:`tbdprof.schema`)."""
         self._spans.append(row)
         self._kinds_seen.add(row[2])  # kind
 
@@ -534,10 +533,9 @@ class Profiler:
     def add_phases(self, phases: Iterable[tuple[str, int, int]]) -> None:
         """Record phases of the current step timed elsewhere, ``(name, start_ns, end_ns)`` each: :meth:`add_span`
         for a step's phases at once (one call instead of one per phase, where a hook hands them over)."""
-        step, kind, append = self.step_index, schema.KIND_PHASE, self._spans.append
+        step = self.step_index
         for name, start, end in phases:
-            append((step, name, kind, start, end, None, None, None))  # SpanRow's columns (_record_span inlined)
-        self._kinds_seen.add(kind)
+            self._record_span((step, name, schema.KIND_PHASE, start, end, None, None, None))
 
     # --- steps: the public step API ---------------------------------------------------
 
@@ -545,6 +543,11 @@ class Profiler:
     def step_open(self) -> bool:
         """True while a step is open (between :meth:`begin_step` and :meth:`end_step`)."""
         return self._step_start is not None
+
+    @property
+    def last_step_end_ns(self) -> int | None:
+        """When the last closed step ended (None before the first)."""
+        return self._last_step_end
 
     def begin_step(self, items: int | None = None, units: int | None = None, start_ns: int | None = None) -> int:
         """Close the open step (if any) and open the next one; returns its index.
@@ -599,13 +602,11 @@ class Profiler:
 
     def _end_step(self, now: int | None = None) -> None:
         end = clock.now_ns() if now is None else now
-        # _record_span inlined (once per step, and every step)
-        self._spans.append((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None,
-                            self._step_items, self._step_units))
-        self._kinds_seen.add(schema.KIND_STEP)
+        self._record_span((self.step_index, schema.KIND_STEP, schema.KIND_STEP, self._step_start, end, None,
+                           self._step_items, self._step_units))
         self._step_start = None
         self._step_units = None
-        self.last_step_end_ns = end
+        self._last_step_end = end
         for observer in self._step_observers:
             observer(self.step_index)
 
@@ -633,8 +634,7 @@ class Profiler:
                 return
             end = clock.now_ns()
             self.begin_step(_batch_items(batch), start_ns=start)
-            self._spans.append((self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None, None))
-            self._kinds_seen.add(schema.KIND_PHASE)  # _record_span inlined
+            self._record_span((self.step_index, schema.PHASE_DATA, schema.KIND_PHASE, start, end, None, None, None))
             yield batch
 
     # --- model hooks ----------------------------------------------------------
@@ -706,10 +706,9 @@ class Profiler:
         measured, else out."""
         measure_next = self._measure_memory(step + 1)
         for t in self._trackers:
-            if t.measured_step == step:
-                row = t.take_row(step)
-                if row is not None:
-                    self._memory.append(row)
+            row = t.take_row(step)
+            if row is not None:
+                self._memory.append(row)
             if t.armed is not measure_next:
                 t.arm(measure_next)
 
