@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -48,3 +49,22 @@ def emit(result: dict, as_json: bool) -> None:
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
+
+
+def timed_steps(batches, model, crit, opt, prof=None, clock=time.perf_counter):
+    """Train over ``batches`` (input, label pairs) with ``crit`` and ``opt``, yielding each step's seconds on
+    ``clock``; with ``prof``, the three phase blocks a script on the API writes (``prof.phase``)."""
+    null = contextlib.nullcontext()
+    phase = prof.phase if prof is not None else (lambda name: null)
+    t = clock()
+    for x, y in batches:
+        with phase("forward"):
+            loss = crit(model(x), y)
+        with phase("backward"):
+            loss.backward()
+        with phase("optimizer"):
+            opt.step()
+            opt.zero_grad()
+        now = clock()
+        yield now - t
+        t = now

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit  # noqa: E402
+from common import emit, timed_steps  # noqa: E402
 
 MODES = ("unprofiled", "tbdprof", "tbdprof-zero-code", "torch.profiler", "torch.profiler-full")
 TBDPROF_MODES = ("tbdprof", "tbdprof-zero-code")
@@ -139,7 +139,6 @@ def run_rank(args) -> dict:
     crit = torch.nn.CrossEntropyLoss()
     loader = loader_for(x, y, args.steps)
     tmp = Path(args.tmp)
-    null = __import__("contextlib").nullcontext()
 
     def block(mode: str, tag: str) -> list[float]:
         # The previous block's garbage is collected here, outside every mode's steps: torch.profiler's events
@@ -167,21 +166,7 @@ def run_rank(args) -> dict:
             full = mode.endswith("full")
             tp = profile(activities=[ProfilerActivity.CPU], record_shapes=full, profile_memory=full, with_stack=full)
             tp.__enter__()
-        phase = prof.phase if prof is not None else (lambda name: null)
-        batches = prof.loader(loader) if prof is not None else loader
-        times = []
-        t = time.perf_counter()
-        for xb, yb in batches:
-            with phase("forward"):
-                loss = crit(model(xb), yb)
-            with phase("backward"):
-                loss.backward()
-            with phase("optimizer"):
-                opt.step()
-                opt.zero_grad()
-            now = time.perf_counter()
-            times.append(now - t)
-            t = now
+        times = list(timed_steps(prof.loader(loader) if prof is not None else loader, model, crit, opt, prof))
         if prof is not None:
             prof.close()
         if rec is not None:

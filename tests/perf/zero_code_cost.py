@@ -42,7 +42,6 @@ the paired difference of each mode against its ``_against`` twin.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
@@ -53,6 +52,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import timed_steps  # noqa: E402
 
 SAMPLE_HZ = 0.2  # the recorders' sampling threads: one tick in 5 s
 
@@ -181,27 +181,15 @@ def main(argv=None) -> int:
     import tbdprof
 
     torch.set_num_threads(1)
-    null = contextlib.nullcontext()
 
     def block(mode: Mode, n: int) -> float:
         """Median training-thread CPU microseconds per step over ``n`` steps of ``mode``."""
-        prof, model, crit, opt = mode.prof, mode.model, mode.crit, mode.opt
-        phase = prof.phase if prof is not None else (lambda name: null)
+        prof = mode.prof
         times: list[float] = []
         while len(times) < n:
             batches = prof.loader(mode.loader) if prof is not None else mode.loader
-            t = time.thread_time()
-            for x, y in batches:
-                with phase("forward"):
-                    loss = crit(model(x), y)
-                with phase("backward"):
-                    loss.backward()
-                with phase("optimizer"):
-                    opt.step()
-                    opt.zero_grad()
-                now = time.thread_time()
-                times.append(now - t)
-                t = now
+            for dt in timed_steps(batches, mode.model, mode.crit, mode.opt, prof, time.thread_time):
+                times.append(dt)
                 if len(times) == n:
                     break
         return statistics.median(times[1:]) * 1e6  # the first pays for the loader's new iterator
