@@ -71,6 +71,9 @@ def test_oversubscribed_threads_are_cpu_contention(tmp_path, data_cache):
     found = findings(train(tmp_path, "omp", env={"OMP_NUM_THREADS": "4"}))
     f = found.pop("cpu_contention")
     assert f["severity"] == "critical" and f["ranks"] == [0, 1] and f["evidence"]["threads_per_core"] >= 2
+    # Oversubscribed ranks slow down erratically: a clean-clone CI run saw the step time rise 2.1x from step 20
+    # on both ranks alike, a true slowdown. It may be reported; nothing else.
+    found.pop("slowdown", None)
     assert not found
 
 
